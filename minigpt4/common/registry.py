@@ -1,0 +1,155 @@
+"""Name -> class registry for models, dataset builders, processors, tasks, runners and LR schedules.
+
+Registration is an import side effect (``import minigpt4`` registers everything), exactly as configs
+expect: a YAML names ``arch: minigpt4`` or ``task: image_text_pretrain`` and the registry resolves it.
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+KINDS = ("model", "builder", "processor", "task", "runner", "lr_scheduler")
+
+
+class Registry:
+    mapping: dict[str, dict] = {f"{kind}_name_mapping": {} for kind in KINDS}
+    mapping["state"] = {}
+    mapping["paths"] = {}
+
+    # ------------------------------------------------------------------ registration
+    @classmethod
+    def _register(cls, kind: str, name: str, base: type | None = None):
+        def wrap(obj):
+            table = cls.mapping[f"{kind}_name_mapping"]
+            if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
+                raise TypeError(f"{kind} {name!r} must subclass {base.__name__}, got {obj!r}")
+            if name in table and table[name] is not obj:
+                raise KeyError(f"{kind} name {name!r} already registered for {table[name]!r}")
+            table[name] = obj
+            return obj
+
+        return wrap
+
+    @classmethod
+    def register_model(cls, name: str):
+        return cls._register("model", name)
+
+    @classmethod
+    def register_builder(cls, name: str):
+        return cls._register("builder", name)
+
+    @classmethod
+    def register_processor(cls, name: str):
+        return cls._register("processor", name)
+
+    @classmethod
+    def register_task(cls, name: str):
+        return cls._register("task", name)
+
+    @classmethod
+    def register_runner(cls, name: str):
+        return cls._register("runner", name)
+
+    @classmethod
+    def register_lr_scheduler(cls, name: str):
+        return cls._register("lr_scheduler", name)
+
+    @classmethod
+    def register_path(cls, name: str, path: str | Path):
+        cls.mapping["paths"][name] = str(path)
+
+    @classmethod
+    def register(cls, name: str, obj):
+        """Store ``obj`` under a dotted name, e.g. ``register("configuration", cfg)``."""
+        node = cls.mapping["state"]
+        *parents, leaf = name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = obj
+
+    # ------------------------------------------------------------------ lookup
+    @classmethod
+    def _get(cls, kind: str, name: str):
+        table = cls.mapping[f"{kind}_name_mapping"]
+        if name not in table:
+            close = difflib.get_close_matches(str(name), list(table), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(table)}"
+            raise KeyError(f"unknown {kind} {name!r}{hint}")
+        return table[name]
+
+    @classmethod
+    def get_model_class(cls, name: str):
+        return cls._get("model", name)
+
+    @classmethod
+    def get_builder_class(cls, name: str):
+        return cls._get("builder", name)
+
+    @classmethod
+    def get_processor_class(cls, name: str):
+        return cls._get("processor", name)
+
+    @classmethod
+    def get_task_class(cls, name: str):
+        return cls._get("task", name)
+
+    @classmethod
+    def get_runner_class(cls, name: str):
+        return cls._get("runner", name)
+
+    @classmethod
+    def get_lr_scheduler_class(cls, name: str):
+        return cls._get("lr_scheduler", name)
+
+    @classmethod
+    def get_path(cls, name: str) -> str:
+        return cls.mapping["paths"][name]
+
+    @classmethod
+    def get(cls, name: str, default=None):
+        node = cls.mapping["state"]
+        for part in name.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    @classmethod
+    def unregister(cls, name: str):
+        return cls.mapping["state"].pop(name, None)
+
+    @classmethod
+    def _list(cls, kind: str) -> list[str]:
+        return sorted(cls.mapping[f"{kind}_name_mapping"])
+
+    @classmethod
+    def list_models(cls):
+        return cls._list("model")
+
+    @classmethod
+    def list_builders(cls):
+        return cls._list("builder")
+
+    @classmethod
+    def list_processors(cls):
+        return cls._list("processor")
+
+    @classmethod
+    def list_tasks(cls):
+        return cls._list("task")
+
+    @classmethod
+    def list_runners(cls):
+        return cls._list("runner")
+
+    @classmethod
+    def list_lr_schedulers(cls):
+        return cls._list("lr_scheduler")
+
+
+registry = Registry()
+LIBRARY_ROOT = Path(__file__).resolve().parents[1]
+registry.register_path("library_root", LIBRARY_ROOT)
+registry.register_path("repo_root", LIBRARY_ROOT.parent)
+registry.register("MAX_INT", 2**31 - 1)
+registry.register("SPLIT_NAMES", ["train", "val", "test"])

@@ -1,0 +1,13 @@
+from minigpt4.conversation.conversation import (
+    CONV_DICT,
+    CONV_VISION,
+    CONV_VISION_LLama2,
+    CONV_VISION_Vicuna0,
+    Chat,
+    Conversation,
+    SeparatorStyle,
+    training_conversation,
+)
+
+__all__ = ["Chat", "Conversation", "SeparatorStyle", "CONV_VISION", "CONV_VISION_Vicuna0", "CONV_VISION_LLama2",
+           "CONV_DICT", "training_conversation"]

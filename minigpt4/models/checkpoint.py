@@ -1,0 +1,226 @@
+"""Every weight file the library reads or writes, and the one place original key names are converted.
+
+Read: ``eva_vit_g.pth`` (flat EVA-ViT state dict), ``blip2_pretrained_flant5xxl.pth`` (``{"model": ...}``),
+a Hugging Face BLIP-2 folder, ``pretrained_minigpt4*.pth`` (``{"model": {"llama_proj.*"}}``) and this
+library's own ``*.safetensors`` + ``*.json``. Every ``.pth`` goes through ``torch.load(weights_only=True)``.
+Write: trainable weights only, as safetensors, with a JSON sidecar saying what they fit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+WHERE_TO_GET = {
+    "vit_ckpt": "eva_vit_g.pth (LAVIS BLIP-2 release: .../LAVIS/models/BLIP2/eva_vit_g.pth)",
+    "q_former_model": "blip2_pretrained_flant5xxl.pth (LAVIS BLIP-2 release) or a Hugging Face BLIP-2 folder "
+                      "such as a local copy of Salesforce/blip2-flan-t5-xxl",
+    "llama_model": "a Hugging Face causal-LM folder: Vicuna v0 7B/13B (merged, e.g. Vision-CAIR/vicuna-7b) "
+                   "or Llama-2-7b-chat-hf",
+    "ckpt": "a MiniGPT-4 projection: pretrained_minigpt4.pth (13B), prerained_minigpt4_7b.pth (7B), "
+            "pretrained_minigpt4_llama2_7b.pth, or a checkpoint written by train.py",
+}
+
+
+class CheckpointError(ValueError):
+    """A weight file that does not fit what it is loaded into; the message says why."""
+
+
+def require_file(path, key: str, section: str = "model") -> Path:
+    if path is None or str(path).strip() == "":
+        raise FileNotFoundError(f"{section}.{key} is not set; it must point at {WHERE_TO_GET.get(key, 'a file')}")
+    p = Path(os.path.expanduser(str(path)))
+    if not p.exists():
+        raise FileNotFoundError(f"{section}.{key}: {p} does not exist; download {WHERE_TO_GET.get(key, 'it')} "
+                                f"and set {section}.{key} to its local path")
+    return p
+
+
+def load_torch(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --------------------------------------------------------------------------- EVA-ViT (original layout)
+_VIT_RENAMES = [
+    (r"^cls_token$", "embeddings.class_embedding"),
+    (r"^pos_embed$", "embeddings.position_embedding"),
+    (r"^patch_embed\.proj\.", "embeddings.patch_embedding."),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
+    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"encoder.layers.\1.self_attn.qkv.weight"),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.projection."),
+    (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
+]
+
+
+def eva_vit_to_hf(state: dict, num_layers: int) -> tuple[dict, Counter]:
+    """Original EVA-ViT keys -> ``Blip2VisionModel`` keys. Returns (converted, ignored-key counts by reason)."""
+    out, ignored, biases = {}, Counter(), {}
+    for key, value in state.items():
+        m = re.match(r"^blocks\.(\d+)\.", key)
+        if m and int(m.group(1)) >= num_layers:
+            ignored[f"blocks beyond depth {num_layers}"] += 1
+            continue
+        bias = re.match(r"^blocks\.(\d+)\.attn\.(q|v)_bias$", key)
+        if bias:
+            biases.setdefault(int(bias.group(1)), {})[bias.group(2)] = value
+            continue
+        for pattern, repl in _VIT_RENAMES:
+            if re.search(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            ignored[f"not part of the ViT ({key.split('.')[0]})"] += 1
+    for i, qv in biases.items():
+        if set(qv) != {"q", "v"}:
+            raise CheckpointError(f"block {i} has only {sorted(qv)}_bias; both q_bias and v_bias are needed")
+        out[f"encoder.layers.{i}.self_attn.qkv.bias"] = torch.cat([qv["q"], torch.zeros_like(qv["q"]), qv["v"]])
+    return out, ignored
+
+
+def resize_pos_embed(pos: torch.Tensor, num_positions: int) -> torch.Tensor:
+    """Bicubic resize of a [1, 1+g*g, W] position table to ``num_positions`` (CLS kept), as the original."""
+    if pos.shape[1] == num_positions:
+        return pos
+    old, new = int(round((pos.shape[1] - 1) ** 0.5)), int(round((num_positions - 1) ** 0.5))
+    cls, grid = pos[:, :1], pos[:, 1:].float()
+    grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, -1).to(pos.dtype)
+    log.info("resized ViT position embeddings %dx%d -> %dx%d", old, old, new, new)
+    return torch.cat([cls, grid], dim=1)
+
+
+# --------------------------------------------------------------------------- BLIP-2 (original .pth)
+_QFORMER_IGNORED = [
+    (r"^Qformer\.cls\.", "Q-Former text head (cls)"),
+    (r"^Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings)\.", "Q-Former text embeddings"),
+    (r"^Qformer\.bert\.embeddings\.position_ids$", "Q-Former position_ids buffer"),
+    (r"^Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\.", "Q-Former text FFN"),
+]
+
+
+def blip2_to_hf(state: dict, num_vit_layers: int) -> tuple[dict, Counter]:
+    """LAVIS BLIP-2 keys -> this library's ``VisionTower`` keys (``vision_model.``/``qformer.``/``query_tokens``)."""
+    out, ignored = {}, Counter()
+    vit = {k[len("visual_encoder."):]: v for k, v in state.items() if k.startswith("visual_encoder.")}
+    if vit:
+        converted, vit_ignored = eva_vit_to_hf(vit, num_vit_layers)
+        out.update({f"vision_model.{k}": v for k, v in converted.items()})
+        ignored.update({f"visual_encoder: {r}": n for r, n in vit_ignored.items()})
+    for key, value in state.items():
+        if key.startswith("visual_encoder."):
+            continue
+        if key == "query_tokens":
+            out[key] = value
+        elif key.startswith("ln_vision."):
+            out["vision_model.post_layernorm." + key[len("ln_vision."):]] = value
+        elif key.startswith("Qformer.bert.embeddings.LayerNorm."):
+            out["qformer.layernorm." + key.rsplit(".", 1)[1]] = value
+        elif any(re.search(p, key) for p, _ in _QFORMER_IGNORED):
+            ignored[next(r for p, r in _QFORMER_IGNORED if re.search(p, key))] += 1
+        elif key.startswith("Qformer.bert.encoder."):
+            new = "qformer." + key[len("Qformer.bert."):]
+            out[new.replace(".attention.self.", ".attention.attention.")
+                   .replace(".crossattention.self.", ".crossattention.attention.")] = value
+        else:
+            ignored[f"unrelated to MiniGPT-4 ({key.split('.')[0]})"] += 1
+    return out, ignored
+
+
+# --------------------------------------------------------------------------- BLIP-2 (Hugging Face folder)
+def read_hf_blip2_folder(folder: Path) -> dict:
+    """Read only ``vision_model.*``, ``qformer.*`` and ``query_tokens`` from a HF BLIP-2 folder."""
+    wanted = ("vision_model.", "qformer.", "query_tokens")
+    files = sorted(folder.glob("*.safetensors"))
+    state = {}
+    if files:
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    if key.startswith(wanted):
+                        state[key] = f.get_tensor(key)
+    else:
+        bins = sorted(folder.glob("pytorch_model*.bin"))
+        if not bins:
+            raise CheckpointError(f"{folder} has neither *.safetensors nor pytorch_model*.bin weights")
+        for file in bins:
+            state.update({k: v for k, v in load_torch(file).items() if k.startswith(wanted)})
+    # older exports keep q_bias/v_bias separately
+    for key in [k for k in state if k.endswith("self_attn.q_bias")]:
+        prefix = key[: -len("q_bias")]
+        q, v = state.pop(key), state.pop(prefix + "v_bias")
+        state[prefix + "qkv.bias"] = torch.cat([q, torch.zeros_like(q), v])
+    state.pop("qformer.embeddings.position_ids", None)
+    return state
+
+
+def is_hf_folder(path) -> bool:
+    return path is not None and Path(str(path)).is_dir() and (Path(str(path)) / "config.json").exists()
+
+
+# --------------------------------------------------------------------------- loading into modules
+def load_into(module: torch.nn.Module, state: dict, required_prefixes: tuple[str, ...], what: str,
+              ignored: Counter | None = None) -> None:
+    """Copy ``state`` into ``module``: every key must exist with the same shape, and every module key
+    under ``required_prefixes`` must be provided. Ignored keys are logged with their counts."""
+    own = module.state_dict()
+    unexpected = [k for k in state if k not in own]
+    if unexpected:
+        raise CheckpointError(f"{what}: {len(unexpected)} keys do not exist in the model, e.g. {unexpected[:3]}")
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise CheckpointError(f"{what}: size mismatch for {key}: checkpoint {list(value.shape)} vs "
+                                  f"model {list(own[key].shape)}")
+    missing = [k for k in own if k.startswith(required_prefixes) and k not in state]
+    if missing:
+        raise CheckpointError(f"{what}: {len(missing)} weights missing from the file, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
+    if ignored:
+        log.info("%s: loaded %d tensors; ignored %d keys (%s)", what, len(state), sum(ignored.values()),
+                 ", ".join(f"{n} {r}" for r, n in sorted(ignored.items())))
+    else:
+        log.info("%s: loaded %d tensors", what, len(state))
+
+
+# --------------------------------------------------------------------------- trainable weights (projection)
+def read_trainable(path: Path) -> tuple[dict, dict]:
+    """Read a projection checkpoint: ours (safetensors [+ JSON sidecar]) or the original ``.pth``.
+    Returns (state, metadata). Original files may wrap the state in ``"model"`` and carry buffers."""
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+        sidecar = path.with_suffix(".json")
+        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+        return state, meta
+    raw = load_torch(path)
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        raw = raw["model"]
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(raw).__name__}")
+    return raw, {}
+
+
+def save_trainable(path: str | Path, state: dict, meta: dict) -> Path:
+    """Write ``state`` as safetensors plus ``<name>.json`` (``meta``), each through a temp file + rename."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp),
+              metadata={"format": "pt"})
+    os.replace(tmp, path)
+    sidecar = path.with_suffix(".json")
+    tmp_json = sidecar.with_name(sidecar.name + ".tmp")
+    tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    os.replace(tmp_json, sidecar)
+    return path

@@ -1,0 +1,23 @@
+"""Processor base: a callable built from a config block (``name`` plus its own settings)."""
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+
+class BaseProcessor:
+    def __call__(self, item):
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, cfg=None):
+        return cls()
+
+
+def build_processor(cfg):
+    """Build a registered processor from ``{"name": ..., **settings}`` (None -> None)."""
+    from minigpt4.common.registry import registry
+
+    if cfg is None:
+        return None
+    cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
+    return registry.get_processor_class(cfg.name).from_config(cfg)
