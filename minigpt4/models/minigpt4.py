@@ -197,8 +197,8 @@ class MiniGPT4(nn.Module):
         with self.maybe_autocast():
             out = self.llama_model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                    labels=labels if reduction == "mean" else None, return_dict=True)
-        if reduction == "mean":
-            return {"loss": out.loss}
+        if reduction == "mean":  # token-weighted mean over the batch; num_tokens lets callers re-weight
+            return {"loss": out.loss, "num_tokens": (labels[:, 1:] != P.IGNORE_INDEX).sum()}
         if reduction != "none":
             raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
         logits, targets = out.logits[:, :-1].float(), labels[:, 1:]
