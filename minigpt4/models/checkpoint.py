@@ -168,6 +168,65 @@ def is_hf_folder(path) -> bool:
     return path is not None and Path(str(path)).is_dir() and (Path(str(path)) / "config.json").exists()
 
 
+# --------------------------------------------------------------------------- writing the original layouts
+def hf_to_eva_vit(vision_state: dict) -> dict:
+    """``Blip2VisionModel`` state (no prefix) -> the original ``eva_vit_g.pth`` layout (``post_layernorm`` is
+    ``ln_vision`` and lives in the BLIP-2 file instead)."""
+    out = {}
+    inverse = [
+        (r"^embeddings\.class_embedding$", "cls_token"),
+        (r"^embeddings\.position_embedding$", "pos_embed"),
+        (r"^embeddings\.patch_embedding\.", "patch_embed.proj."),
+        (r"^encoder\.layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
+        (r"^encoder\.layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
+        (r"^encoder\.layers\.(\d+)\.self_attn\.qkv\.weight$", r"blocks.\1.attn.qkv.weight"),
+        (r"^encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blocks.\1.attn.proj."),
+        (r"^encoder\.layers\.(\d+)\.mlp\.", r"blocks.\1.mlp."),
+    ]
+    for key, value in vision_state.items():
+        bias = re.match(r"^encoder\.layers\.(\d+)\.self_attn\.qkv\.bias$", key)
+        if bias:
+            q, _, v = value.chunk(3)
+            out[f"blocks.{bias.group(1)}.attn.q_bias"] = q.clone()
+            out[f"blocks.{bias.group(1)}.attn.v_bias"] = v.clone()
+            continue
+        if key.startswith("post_layernorm."):
+            continue
+        for pattern, repl in inverse:
+            if re.search(pattern, key):
+                out[re.sub(pattern, repl, key)] = value
+                break
+        else:
+            raise CheckpointError(f"no original name for vision key {key}")
+    return out
+
+
+def tower_to_blip2(tower_state: dict) -> dict:
+    """``VisionTower`` state -> the ``"model"`` dict of an original BLIP-2 checkpoint (query tokens,
+    ``ln_vision``, ``Qformer.bert.*``); the ViT itself goes to :func:`hf_to_eva_vit`."""
+    out = {}
+    for key, value in tower_state.items():
+        if key == "query_tokens":
+            out[key] = value
+        elif key.startswith("vision_model.post_layernorm."):
+            out["ln_vision." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("qformer.layernorm."):
+            out["Qformer.bert.embeddings.LayerNorm." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("qformer.encoder."):
+            new = "Qformer.bert." + key[len("qformer."):]
+            out[new.replace(".attention.attention.", ".attention.self.")
+                   .replace(".crossattention.attention.", ".crossattention.self.")] = value
+    return out
+
+
+def export_original(tower, eva_path, blip2_path, vit_dtype=torch.float16) -> None:
+    """Save a ``VisionTower`` as ``eva_vit_g.pth`` (flat, ``vit_dtype``) + BLIP-2 ``{"model": ...}`` (fp32)."""
+    vision = {k: v.detach().cpu() for k, v in tower.vision_model.state_dict().items()}
+    torch.save({k: v.to(vit_dtype) for k, v in hf_to_eva_vit(vision).items()}, eva_path)
+    state = {k: v.detach().cpu().float() for k, v in tower.state_dict().items()}
+    torch.save({"model": tower_to_blip2(state)}, blip2_path)
+
+
 # --------------------------------------------------------------------------- loading into modules
 def load_into(module: torch.nn.Module, state: dict, required_prefixes: tuple[str, ...], what: str,
               ignored: Counter | None = None) -> None:
