@@ -36,7 +36,15 @@ def parse_options(options: Iterable[str] | None) -> DictConfig:
         dotlist = [f"{k}={v}" for k, v in zip(options[::2], options[1::2])]
     else:
         raise ConfigError(f"--options: expected 'key=value ...' or alternating 'key value ...', got {options}")
-    return OmegaConf.from_dotlist(dotlist)
+    out = OmegaConf.create()
+    for item in dotlist:
+        key, raw = item.split("=", 1)
+        parsed = OmegaConf.from_dotlist([item])
+        if OmegaConf.select(parsed, key) is None and raw.strip() not in ("", "null", "~"):
+            parsed = OmegaConf.create({})  # YAML read the value as a comment (e.g. "###"): keep the text
+            OmegaConf.update(parsed, key, raw, force_add=True)
+        out = OmegaConf.merge(out, parsed)
+    return out
 
 
 def resolve_path(path: str | Path) -> Path:

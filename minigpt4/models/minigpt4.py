@@ -288,7 +288,7 @@ def build_vision_tower(cfg) -> VisionTower:
                 d.pop(k, None)
     vcfg = vision_config(vit_over, image_size=get("image_size"))
     qcfg = qformer_config(q_over, vcfg.hidden_size) if has_qformer else None
-    num_query = get("num_query_token", n_query or 32)
+    num_query = get("num_query_token") or n_query or 32
     tower = VisionTower(vcfg, qcfg, num_query)
     if get("drop_path_rate", 0):
         log.warning("model.drop_path_rate=%s is ignored: the frozen tower runs without drop path",
@@ -319,4 +319,4 @@ def build_vision_tower(cfg) -> VisionTower:
         if hf_folder or not get("vit_ckpt"):
             required += ("vision_model.",)
         ckpt_io.load_into(tower, state, required, f"model.q_former_model {path}", ignored)
-    return tower
+    return tower.eval()
