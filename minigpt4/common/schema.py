@@ -32,6 +32,7 @@ MODEL_KEYS: dict[str, tuple] = {
     "ckpt": OPT_STR,
     # LLM
     "llama_model": (str,),
+    "device": OPT_STR,
     "low_resource": (bool,),
     "device_8bit": (int, str),
     "load_in_4bit": (bool,),
@@ -47,12 +48,8 @@ MODEL_KEYS: dict[str, tuple] = {
     "prompt_path": OPT_STR,
     "prompt_template": (str,),
     "max_txt_len": (int,),
-    "max_context_len": (int,),
     "end_sym": (str,),
     "pad_token": (str,),
-    "chat_template": (bool, str),
-    "use_grad_checkpoint_llm": (bool,),
-    "feature_cache": OPT_STR,
 }
 
 DATASET_KEYS: dict[str, tuple] = {

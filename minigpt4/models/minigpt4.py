@@ -61,6 +61,8 @@ class MiniGPT4(nn.Module):
     @classmethod
     def from_config(cls, cfg, device: str | torch.device | None = None) -> "MiniGPT4":
         get = cfg.get
+        if get("lora_r", 0):
+            raise ValueError("model.lora_r > 0: LoRA is not supported; MiniGPT-4 trains only llama_proj")
         device = torch.device(device or get("device") or default_device())
         llm_dtype = parse_dtype(get("torch_dtype"), device)
         tokenizer = load_tokenizer(get("llama_model"), get("pad_token", "$$"))
@@ -130,9 +132,11 @@ class MiniGPT4(nn.Module):
     def device(self) -> torch.device:
         return self.llama_proj.weight.device
 
-    def maybe_autocast(self, dtype=torch.float16):
+    def maybe_autocast(self):
+        """Half-precision autocast on accelerators (the LLM's own half dtype, else fp16); none on CPU."""
         if self.device.type == "cpu":
             return contextlib.nullcontext()
+        dtype = self.llama_model.dtype if self.llama_model.dtype in (torch.float16, torch.bfloat16) else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ image -> LLM embeddings
