@@ -1,0 +1,92 @@
+"""Checkpoints of a run: trainable weights (safetensors + JSON, via ``models.checkpoint.save_trainable``)
+and one resume file (``resume.pt``) with everything else needed to continue bit for bit: optimizer, AMP
+scaler, step position, the RNG states of every rank and every rank's data position.
+
+Every file is written to a temporary name and moved into place with ``os.replace``, so a kill at any moment
+leaves either the previous complete checkpoint or the new complete one. The resume file is written last and
+names the weights file it belongs to, so it is the commit point.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+RESUME_FILE = "resume.pt"
+FORMAT_VERSION = 1
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def capture_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def weights_name(epoch: int, step_in_epoch: int, iters_per_epoch: int) -> str:
+    """``checkpoint_{epoch}`` after a whole epoch (the original's naming), else ``checkpoint_step{global}``."""
+    if step_in_epoch == iters_per_epoch:
+        return f"checkpoint_{epoch}.safetensors"
+    return f"checkpoint_step{epoch * iters_per_epoch + step_in_epoch}.safetensors"
+
+
+def find_resume(path: str | Path) -> Path:
+    """A resume file given as the file itself, or as a folder holding one (the newest job folder inside an
+    output folder counts too)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise FileNotFoundError(f"run.resume_ckpt_path: {p} does not exist")
+    if (p / RESUME_FILE).is_file():
+        return p / RESUME_FILE
+    found = sorted(p.glob(f"*/{RESUME_FILE}"), key=lambda f: f.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"run.resume_ckpt_path: no {RESUME_FILE} in {p} or its job folders")
+    return found[-1]
+
+
+def find_latest(output_dir: str | Path) -> Path | None:
+    """``--resume auto``: the most recently written resume file under ``output_dir`` (None if there is none)."""
+    root = Path(output_dir)
+    found = sorted(root.glob(f"*/{RESUME_FILE}"), key=lambda f: f.stat().st_mtime) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def load_resume(path: str | Path) -> dict:
+    path = find_resume(path)
+    # the file holds optimizer/RNG state (numpy arrays, tuples): it is our own file, written by save_resume
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path} is not a resume file written by this library (format {FORMAT_VERSION})")
+    weights = path.parent / state["weights"]
+    if not weights.is_file():
+        raise FileNotFoundError(f"{path} refers to {weights.name}, which is missing from {path.parent}")
+    state["path"] = path
+    state["weights_path"] = weights
+    return state

@@ -1,0 +1,37 @@
+"""Where a run writes: ``run.output_dir/<job id>/`` relative to the working directory (never inside the
+package). Checked for writability before any model is built."""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+
+from minigpt4.common.config import ConfigError
+
+
+def new_job_id() -> str:
+    """The original's job id: ``%Y%m%d%H%M`` with the last digit dropped (a 10-minute bucket)."""
+    return time.strftime("%Y%m%d%H%M")[:-1]
+
+
+def job_folder(run_cfg, job_id: str, resume_path: str | Path | None = None) -> Path:
+    """The job folder: the resumed run's own folder when resuming, else ``output_dir/job_id``."""
+    if resume_path is not None:
+        return Path(resume_path).resolve().parent
+    out = run_cfg.get("output_dir")
+    if not out:
+        raise ConfigError("run.output_dir is required (e.g. output/minigpt4_stage1_pretrain)")
+    return Path(os.path.expanduser(str(out))).resolve() / job_id
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create ``folder`` and prove it is writable; a one-line error naming ``run.output_dir`` otherwise."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"run.output_dir: cannot write to {folder} ({e.strerror or e})") from None
+    return folder

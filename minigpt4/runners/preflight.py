@@ -1,0 +1,48 @@
+"""Cheap checks that run before any model is built, so a wrong path or a mismatched checkpoint is a
+one-line error in seconds instead of a traceback after minutes of loading."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from minigpt4.models.checkpoint import CheckpointError, load_torch, require_file
+
+
+def projection_shape(path: Path) -> tuple[int, ...] | None:
+    """Shape of ``llama_proj.weight`` in a projection checkpoint (ours or the original .pth)."""
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return tuple(f.get_slice("llama_proj.weight").get_shape()) if "llama_proj.weight" in f.keys() else None
+    raw = load_torch(path)
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        raw = raw["model"]
+    w = raw.get("llama_proj.weight") if isinstance(raw, dict) else None
+    return tuple(w.shape) if torch.is_tensor(w) else None
+
+
+def llm_hidden_size(llama_model) -> int | None:
+    cfg_file = Path(str(llama_model)) / "config.json"
+    if not cfg_file.is_file():
+        return None
+    cfg = json.loads(cfg_file.read_text())
+    cfg = cfg.get("text_config", cfg)
+    return cfg.get("hidden_size")
+
+
+def check_model_files(model_cfg) -> None:
+    """``model.ckpt`` must exist and fit the LLM's hidden size (when both can be read cheaply)."""
+    if not model_cfg.get("ckpt"):
+        return
+    path = require_file(model_cfg.get("ckpt"), "ckpt")
+    shape = projection_shape(path)
+    if shape is None:
+        raise CheckpointError(f"model.ckpt {path}: no llama_proj.weight in the file; it is not a MiniGPT-4 "
+                              "projection checkpoint")
+    hidden = llm_hidden_size(model_cfg.get("llama_model")) if model_cfg.get("llama_model") else None
+    if hidden is not None and shape[0] != hidden:
+        raise CheckpointError(f"model.ckpt {path}: llama_proj.weight is {list(shape)}, made for an LLM with hidden "
+                              f"size {shape[0]}, but model.llama_model has hidden size {hidden}; use the "
+                              "checkpoint trained for this LLM")

@@ -1,0 +1,115 @@
+"""Train MiniGPT-4 (stage 1 alignment or stage 2 fine-tuning).
+
+    python train.py --cfg-path train_configs/minigpt4_stage1_pretrain.yaml [--options k=v ...] [--resume auto|PATH]
+    torchrun --nproc-per-node N train.py --cfg-path ...
+
+Config -> distributed init -> seeds (seed + rank) -> task -> datasets -> model -> runner, as the original.
+Bad input (unknown key, missing file, mismatched checkpoint, unwritable output folder) is a one-line error
+with exit code 2 before any model is loaded; a NaN/inf loss stops the run with exit code 3.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import sys
+
+import numpy as np
+import torch
+
+log = logging.getLogger("train")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train MiniGPT-4")
+    p.add_argument("--cfg-path", required=True, help="path to the training YAML")
+    p.add_argument("--options", nargs="+", default=[],
+                   help="override config values: key=value ... (e.g. run.max_epoch=1 run.device=cpu)")
+    p.add_argument("--resume", default=None, metavar="auto|PATH",
+                   help="continue a run: 'auto' = the latest resume file under run.output_dir, or a resume "
+                        "file / job folder (same as run.resume_ckpt_path)")
+    return p.parse_args(argv)
+
+
+def setup_seeds(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
+def resolve_resume(run, flag: str | None):
+    """``--resume`` (or ``run.resume_ckpt_path``) -> a resume file path, or None for a fresh run."""
+    from minigpt4.runners import checkpointing as C
+
+    if flag == "auto":
+        found = C.find_latest(run.get("output_dir", "output"))
+        if found is None:
+            log.info("--resume auto: no resume file under %s, starting a new run", run.get("output_dir"))
+        return found
+    target = flag or run.get("resume_ckpt_path")
+    return C.find_resume(target) if target else None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from minigpt4.common import dist as D
+    from minigpt4.common.config import Config
+    from minigpt4.common.logging import setup_logger
+    from minigpt4.common.registry import registry
+    from minigpt4.runners.output import ensure_writable, job_folder, new_job_id
+    from minigpt4.runners.preflight import check_model_files
+    from minigpt4.tasks import setup_task
+
+    setup_logger(int(os.environ.get("RANK", 0)))
+    cfg = Config(args)
+    run = cfg.run_cfg
+    if run.get("threads"):
+        torch.set_num_threads(int(run.threads))
+    info = D.init_distributed_mode(run)
+    setup_logger(info.rank)
+    job_id = D.broadcast_object(run.get("job_id") or new_job_id())
+    resume = resolve_resume(run, args.resume)
+    if resume is not None:
+        run.resume_ckpt_path = str(resume)
+    out_dir = ensure_writable(job_folder(run, job_id, resume))
+    check_model_files(cfg.model_cfg)
+    if info.is_main:
+        cfg.pretty_print()
+        log.info("output folder: %s", out_dir)
+
+    setup_seeds(int(run.get("seed", 42)) + info.rank)
+    task = setup_task(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg, device=info.device)
+    runner_cls = registry.get_runner_class(run.get("runner", "runner_base"))
+    runner = runner_cls(cfg, job_id, task, model, datasets, dist_info=info, output_dir=out_dir)
+    result = runner.train()
+    if info.is_main:
+        log.info("done: %s", result)
+    return 0
+
+
+def cli(argv=None) -> int:
+    from minigpt4.common import dist as D
+    from minigpt4.common.config import ConfigError
+    from minigpt4.models.checkpoint import CheckpointError
+    from minigpt4.runners import TrainingDiverged
+
+    try:
+        return main(argv)
+    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"train.py: error: {msg}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"train.py: stopped: {e}", file=sys.stderr)
+        return 3
+    finally:
+        D.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
