@@ -118,3 +118,23 @@ def test_dtype_and_quantization_follow_the_device():
 def test_low_resource_on_cpu_is_a_clear_error():
     with pytest.raises(ValueError, match="low_resource"):
         MiniGPT4.from_config(model_cfg(FX, low_resource=True))
+
+
+def test_feature_cache_serves_repeats_exactly(model):
+    from minigpt4.models.feature_cache import FeatureCache
+
+    px = inputs(FX)["pixel_values"]
+    with torch.no_grad():
+        reference = model.encode_features(px)
+    model.feature_cache = FeatureCache(max_items=8)
+    try:
+        with torch.no_grad():
+            first = model.encode_features(px)
+            mixed = model.encode_features(torch.stack([px[1], px[0].flip(-1), px[0]]))
+        assert torch.equal(first, reference)
+        assert model.feature_cache.hits == 2 and model.feature_cache.misses == 3
+        torch.testing.assert_close(mixed[0], reference[1], atol=0, rtol=0)
+        torch.testing.assert_close(mixed[2], reference[0], atol=0, rtol=0)
+        assert not torch.allclose(mixed[1], reference[0])
+    finally:
+        model.feature_cache = None

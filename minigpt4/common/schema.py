@@ -28,6 +28,7 @@ MODEL_KEYS: dict[str, tuple] = {
     "vit_config": (dict, type(None)),
     "qformer_config": (dict, type(None)),
     "q_former_model": OPT_STR,
+    "feature_cache_size": (int,),
     # projection checkpoint
     "ckpt": OPT_STR,
     # LLM

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from minigpt4.common.registry import registry
 from minigpt4.models import checkpoint as ckpt_io
 from minigpt4.models import prompting as P
+from minigpt4.models.feature_cache import FeatureCache
 from minigpt4.models.llm import load_llm, load_tokenizer, parse_dtype
 from minigpt4.models.vision import VisionTower, qformer_config, vision_config
 
@@ -55,6 +56,7 @@ class MiniGPT4(nn.Module):
         for module in self.frozen:
             module.requires_grad_(False)
         self._token_cache: dict[str, list[int]] = {}
+        self.feature_cache: FeatureCache | None = None
         self.train(False)
 
     # ------------------------------------------------------------------ construction
@@ -81,6 +83,10 @@ class MiniGPT4(nn.Module):
                     freeze_qformer=get("freeze_qformer", True))
         if get("ckpt"):
             model.load_projection(ckpt_io.require_file(get("ckpt"), "ckpt"))
+        if get("feature_cache_size", 0):
+            if not model.vision_frozen:
+                raise ValueError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
+            model.feature_cache = FeatureCache(get("feature_cache_size"))
         vit_fp16 = get("vit_precision", "fp16") == "fp16" and get("freeze_vit", True) and device.type == "cuda"
         model.vision.to(device)
         if vit_fp16:
@@ -140,12 +146,21 @@ class MiniGPT4(nn.Module):
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ------------------------------------------------------------------ image -> LLM embeddings
-    def encode_features(self, image: torch.Tensor) -> torch.Tensor:
-        """Vision-tower output before ``llama_proj`` (no autograd through frozen parts)."""
-        frozen = self.vision.vision_model in self.frozen and (
+    @property
+    def vision_frozen(self) -> bool:
+        return self.vision.vision_model in self.frozen and (
             not self.vision.has_qformer or self.vision.qformer in self.frozen)
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            return self.vision(image.to(self.device))
+
+    def encode_features(self, image: torch.Tensor) -> torch.Tensor:
+        """Vision-tower output before ``llama_proj`` (no autograd through frozen parts; served from the
+        feature cache when one is configured)."""
+        def run(pixels):
+            return self.vision(pixels.to(self.device))
+
+        if not self.vision_frozen:
+            return run(image)
+        with torch.no_grad():
+            return self.feature_cache.features(image, run) if self.feature_cache is not None else run(image)
 
     def project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embeds = self.llama_proj(features.to(self.device, self.llama_proj.weight.dtype))
