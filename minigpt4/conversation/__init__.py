@@ -6,8 +6,10 @@ from minigpt4.conversation.conversation import (
     Chat,
     Conversation,
     SeparatorStyle,
+    load_image,
     training_conversation,
 )
+from minigpt4.conversation.history import ContextTooLongError
 
 __all__ = ["Chat", "Conversation", "SeparatorStyle", "CONV_VISION", "CONV_VISION_Vicuna0", "CONV_VISION_LLama2",
-           "CONV_DICT", "training_conversation"]
+           "CONV_DICT", "training_conversation", "ContextTooLongError", "load_image"]

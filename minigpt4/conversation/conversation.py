@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from minigpt4.models.prompting import IMAGE_PLACEHOLDER
+from minigpt4.conversation.history import ContextTooLongError, fit_turns  # noqa: F401 (re-exported)
+from minigpt4.conversation.streaming import stream_generation
+from minigpt4.models.prompting import IMAGE_PLACEHOLDER, embed_layout
 
 log = logging.getLogger(__name__)
 IMAGE_MESSAGE = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
@@ -44,11 +46,15 @@ class Conversation:
 
     def get_prompt(self) -> str:
         if self.sep_style == SeparatorStyle.TEMPLATE:
-            out = self.system
-            for role, msg in self.messages:
+            out, user = self.system, []
+            for role, msg in self.messages + [[None, None]]:
                 if role == self.roles[0]:
-                    out += self.prompt_template.format(msg)
-                elif msg is not None:
+                    user.append(msg)  # consecutive user messages (several images) share one template
+                    continue
+                if user:
+                    out += self.prompt_template.format(" ".join(user))
+                    user = []
+                if role is not None and msg is not None:
                     out += msg + self.sep
             return out
         seps = [self.sep, self.sep] if self.sep_style == SeparatorStyle.SINGLE else [self.sep, self.sep2]
@@ -97,7 +103,12 @@ def training_conversation(prompt_template: str = "###Human: {} ###Assistant: ", 
 
 
 class Chat:
-    """``upload_img`` -> ``ask`` -> ``answer``, as the original; the model does the batched work."""
+    """``upload_img`` -> ``ask`` -> ``answer`` / ``stream_answer``, as the original; the model does the work.
+
+    Several images may be uploaded into one conversation (each adds an image message and an embedding).
+    When the history outgrows ``max_length - max_new_tokens``, whole turns are dropped oldest first
+    (with their images); the system text, the BOS and image tokens are never cut.
+    """
 
     def __init__(self, model, vis_processor, device=None):
         self.model = model
@@ -113,7 +124,7 @@ class Chat:
 
     def _image_tensor(self, image) -> torch.Tensor:
         if isinstance(image, (str, Path)):
-            image = Image.open(image).convert("RGB")
+            image = load_image(image)
         if isinstance(image, Image.Image):
             image = self.vis_processor(image.convert("RGB"))
         if not torch.is_tensor(image):
@@ -126,32 +137,92 @@ class Chat:
         conv.append_message(conv.roles[0], IMAGE_MESSAGE)
         return "Received."
 
-    def context(self, conv: Conversation, img_list: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """``inputs_embeds`` [1, L, H] and attention [1, L] for the current prompt."""
-        prompt = conv.get_prompt()
-        layout, attention = self.model.context_layout([prompt], [len(img_list)])
+    def context_length(self, prompt: str, num_images: int) -> int:
+        """Positions the prompt takes in the LLM (BOS, text tokens and image tokens)."""
+        return int(self.model.context_layout([prompt], [num_images])[0].shape[1])
+
+    def context(self, conv: Conversation, img_list: list,
+                budget: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``inputs_embeds`` [1, L, H] and attention [1, L] for the current prompt; with ``budget``, the
+        oldest whole turns are left out until it fits (see :func:`fit_turns`)."""
+        if budget is not None:
+            conv, img_list, _ = fit_turns(conv, img_list, self.context_length, budget)
+        layout, attention = self.model.context_layout([conv.get_prompt()], [len(img_list)])
         layout = layout.to(self.model.device)
         images = torch.cat(img_list, dim=1) if img_list else torch.zeros(0, 0)
-        from minigpt4.models.prompting import embed_layout
-
         return embed_layout(layout, images, self.model.embed_tokens), attention.to(self.model.device)
+
+    @staticmethod
+    def stop_strings(conv: Conversation) -> list[str]:
+        """The template's stop: ``###`` (Vicuna v0), end_sym (training template), none = EOS (Llama-2)."""
+        return [conv.stop_str] if conv.stop_str else []
+
+    def _prepare(self, conv, img_list, max_new_tokens, max_length):
+        conv.append_message(conv.roles[1], None)
+        try:
+            return self.context(conv, img_list, budget=max_length - max_new_tokens)
+        except Exception:
+            conv.messages.pop()
+            raise
 
     def answer(self, conv: Conversation, img_list: list, max_new_tokens=300, num_beams=1, min_length=1, top_p=0.9,
                repetition_penalty=1.0, length_penalty=1, temperature=1.0, max_length=2000, do_sample=True,
                seed=None, streamer=None):
-        """Generate the assistant's reply; returns ``(text, token ids)`` and records it in ``conv``."""
-        conv.append_message(conv.roles[1], None)
-        embeds, attention = self.context(conv, img_list)
-        budget = max_length - max_new_tokens
-        if embeds.shape[1] > budget:
-            log.warning("context of %d tokens exceeds max_length - max_new_tokens = %d; keeping the last %d",
-                        embeds.shape[1], budget, budget)
-            embeds, attention = embeds[:, -budget:], attention[:, -budget:]
-        stops = [conv.stop_str] if conv.stop_str else []
-        ids = self.model.generate_ids(embeds, attention, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                      do_sample=do_sample, temperature=temperature, top_p=top_p,
-                                      repetition_penalty=repetition_penalty, length_penalty=length_penalty,
-                                      min_length=min_length, stop_strings=stops, streamer=streamer, seed=seed)[0]
+        """Generate the assistant's reply; returns ``(text, token ids)`` and records it in ``conv``.
+        ``seed`` makes sampling reproducible (same seed, same text)."""
+        embeds, attention = self._prepare(conv, img_list, max_new_tokens, max_length)
+        stops = self.stop_strings(conv)
+        try:
+            ids = self.model.generate_ids(embeds, attention, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                          do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                          repetition_penalty=repetition_penalty, length_penalty=length_penalty,
+                                          min_length=min_length, stop_strings=stops, streamer=streamer,
+                                          seed=seed)[0]
+        except Exception:
+            conv.messages.pop()
+            raise
         text = self.model.decode(ids, stop_strings=stops)
         conv.messages[-1][1] = text
         return text, ids.cpu().numpy()
+
+    def stream_answer(self, conv: Conversation, img_list: list, max_new_tokens=300, num_beams=1, min_length=1,
+                      top_p=0.9, repetition_penalty=1.0, length_penalty=1, temperature=1.0, max_length=2000,
+                      do_sample=True, seed=None, timeout=None):
+        """Like :meth:`answer`, but yields the reply as text pieces while it is generated (transformers'
+        ``TextIteratorStreamer`` fed by ``generate`` in a thread). The pieces concatenate to the final
+        text, which is stored in ``conv`` when the stream ends. Beam search cannot stream: with
+        ``num_beams > 1`` the whole reply comes as one piece."""
+        kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, min_length=min_length, top_p=top_p,
+                      repetition_penalty=repetition_penalty, length_penalty=length_penalty,
+                      temperature=temperature, max_length=max_length, do_sample=do_sample, seed=seed)
+        if num_beams > 1:
+            text, _ = self.answer(conv, img_list, **kwargs)
+            if text:
+                yield text
+            return
+        embeds, attention = self._prepare(conv, img_list, max_new_tokens, max_length)
+        stops = self.stop_strings(conv)
+
+        def generate(streamer):
+            return self.model.generate_ids(embeds, attention, max_new_tokens=max_new_tokens, num_beams=1,
+                                           do_sample=do_sample, temperature=temperature, top_p=top_p,
+                                           repetition_penalty=repetition_penalty, length_penalty=length_penalty,
+                                           min_length=min_length, stop_strings=stops, streamer=streamer,
+                                           seed=seed)
+
+        try:
+            ids = yield from stream_generation(self.model.llama_tokenizer, generate, stops, timeout=timeout)
+        except Exception:
+            conv.messages.pop()
+            raise
+        conv.messages[-1][1] = self.model.decode(ids[0], stop_strings=stops)
+
+
+def load_image(path) -> Image.Image:
+    """Open an image file fully (RGB), or raise ``ValueError`` naming the file and the reason."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from exc
