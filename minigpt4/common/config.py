@@ -139,6 +139,8 @@ class Config:
         parts = []
         if "run" in effective:
             parts.append(OmegaConf.create({"run": effective.run}))
+        if "preprocess" in effective:
+            parts.append(OmegaConf.create({"preprocess": effective.preprocess}))
         if "model" in effective:
             model = effective.model
             arch = model.get("arch")
