@@ -8,6 +8,7 @@ names the weights file it belongs to, so it is the commit point.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -46,6 +47,16 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def weights_digest(state: dict) -> str:
+    """SHA-256 over the tensors' bytes (sorted by name): equal digests mean bitwise-equal weights."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(key.encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def weights_name(epoch: int, step_in_epoch: int, iters_per_epoch: int) -> str:

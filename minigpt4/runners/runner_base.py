@@ -132,6 +132,9 @@ class RunnerBase:
         """Weights (rank 0) + resume file with every rank's RNG and data position. Collective: all ranks call."""
         rngs = D.all_gather_object(C.capture_rng())
         data = D.all_gather_object(self.loader.state_dict())
+        digests = D.all_gather_object(C.weights_digest(self.model.trainable_state_dict()))
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"trainable weights differ between ranks at global step {global_step}: {digests}")
         if self.dist.is_main:
             name = C.weights_name(epoch, step, self.iters_per_epoch)
             meta = {**self.model.checkpoint_meta(), "epoch": epoch, "global_step": global_step, "job_id": self.job_id}
@@ -140,7 +143,7 @@ class RunnerBase:
                      "global_step": global_step, "world_size": self.dist.world_size,
                      "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                     "rng": rngs, "data": data, "epoch_sums": list(epoch_sums),
+                     "rng": rngs, "data": data, "weights_digests": digests, "epoch_sums": list(epoch_sums),
                      "history": self.reporter.history if self.reporter else [], "job_id": self.job_id}
             C.atomic_torch_save(state, self.output_dir / C.RESUME_FILE)
             log.info("saved %s and %s (global step %d)", name, C.RESUME_FILE, global_step)
@@ -204,6 +207,8 @@ class RunnerBase:
         finally:
             if self.reporter is not None:
                 self.reporter.close()
+            if self._loader is not None and hasattr(self._loader, "close"):
+                self._loader.close()
         last.update(global_step=global_step, output_dir=str(self.output_dir))
         return last
 
