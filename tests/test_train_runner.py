@@ -74,6 +74,10 @@ def test_training_lowers_loss_and_changes_only_llama_proj(tmp_path, samples):
     assert (out / "curves.png").stat().st_size > 1000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "resume.pt").is_file()
+    # stage 2 starts from this checkpoint through model.ckpt
+    stage2 = _cfg(tmp_path, model=dict(ckpt=str(out / "checkpoint_1.safetensors")))
+    loaded = setup_task(stage2).build_model(stage2, device="cpu")
+    assert torch.equal(loaded.llama_proj.weight, after["llama_proj.weight"])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):

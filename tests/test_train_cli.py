@@ -1,0 +1,90 @@
+"""train.py on bad input: one line on stderr, exit code 2, before any model or dataset is built."""
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import train
+from minigpt4.tasks.base_task import BaseTask
+from tests.train_helpers import model_block, run_train, train_config, write_align_folder, write_config
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail loudly if train.py gets as far as building datasets or the model."""
+    def boom(*a, **k):
+        raise AssertionError("work started before the bad input was reported")
+
+    monkeypatch.setattr(BaseTask, "build_model", boom)
+    monkeypatch.setattr(BaseTask, "build_datasets", boom)
+
+
+def _cli(tmp_path, capsys, cfg, *extra):
+    code = train.cli(["--cfg-path", str(write_config(tmp_path / "cfg.yaml", cfg)), *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else "", err
+
+
+def _cfg(tmp_path, **model):
+    cfg = train_config(write_align_folder(tmp_path / "align", n=2), tmp_path / "out")
+    cfg["model"] = model_block(**model)
+    return cfg
+
+
+def test_unknown_run_key_subprocess(tmp_path):
+    cfg = _cfg(tmp_path)
+    cfg["run"]["lerning_rate"] = 1e-4
+    r = run_train(["--cfg-path", str(write_config(tmp_path / "cfg.yaml", cfg))], cwd=tmp_path, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("train.py: error: unknown key run.lerning_rate")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_key_from_options(tmp_path, capsys, no_work):
+    code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path), "--options", "run.max_epochs=3")
+    assert code == 2 and "run.max_epochs" in line and "max_epoch" in line
+
+
+def test_missing_ckpt(tmp_path, capsys, no_work):
+    code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path, ckpt=str(tmp_path / "stage1" / "checkpoint_3.pth")))
+    assert code == 2
+    assert line.startswith("train.py: error: model.ckpt") and "does not exist" in line
+
+
+def test_stage1_checkpoint_for_another_llm_size(tmp_path, capsys, no_work):
+    wrong = tmp_path / "wrong.safetensors"
+    save_file({"llama_proj.weight": torch.zeros(32, 48), "llama_proj.bias": torch.zeros(32)}, str(wrong))
+    code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path, ckpt=str(wrong)))
+    assert code == 2
+    assert "model.ckpt" in line and "hidden size 32" in line and "hidden size 64" in line
+
+
+def test_original_pth_of_another_llm_size(tmp_path, capsys, no_work):
+    wrong = tmp_path / "pretrained_minigpt4.pth"
+    torch.save({"model": {"llama_proj.weight": torch.zeros(80, 48), "llama_proj.bias": torch.zeros(80)}}, wrong)
+    code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path, ckpt=str(wrong)))
+    assert code == 2 and "[80, 48]" in line
+
+
+def test_output_folder_not_writable(tmp_path, capsys, no_work):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    cfg = _cfg(tmp_path)
+    cfg["run"]["output_dir"] = str(blocker / "runs")
+    code, line, _ = _cli(tmp_path, capsys, cfg)
+    assert code == 2 and line.startswith("train.py: error: run.output_dir: cannot write to")
+
+
+def test_resume_path_missing(tmp_path, capsys, no_work):
+    code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path), "--resume", str(tmp_path / "nope"))
+    assert code == 2 and "does not exist" in line
+
+
+def test_resume_auto_without_previous_run_starts_fresh(tmp_path):
+    run = train_config(tmp_path, tmp_path / "out")["run"]
+    from omegaconf import OmegaConf
+
+    assert train.resolve_resume(OmegaConf.create(run), "auto") is None
