@@ -1,0 +1,170 @@
+"""What the inference entry points (``minigpt4.caption``, ``minigpt4.chat``, ``demo.py``) share:
+command-line arguments, loading the model from a config, and choosing the image processor, the
+conversation template and the captioning prompt.
+
+Image processor, in order of preference (the first one present wins):
+
+1. ``preprocess.vis_processor.eval``
+2. ``datasets.<first>.vis_processor.eval``
+3. ``datasets.<first>.vis_processor.train`` (what the original demo reads; the original eval configs set
+   it to ``blip2_image_eval``). A ``blip2_image_train`` entry is replaced by ``blip2_image_eval`` with
+   the same size/mean/std, so inference is always deterministic.
+4. otherwise ``blip2_image_eval`` at ``model.image_size`` (a warning is logged).
+
+Big models: ``--low-resource`` (8-bit), ``--load-in-4bit`` (bitsandbytes) and ``--device-map auto``
+(accelerate placement across GPUs) are shorthands for ``--options model.low_resource=True`` etc.; all
+need CUDA and are refused on CPU with a message naming the key.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+
+import torch
+from omegaconf import OmegaConf
+
+from minigpt4.conversation.conversation import CONV_DICT, CONV_VISION_Vicuna0, Conversation, training_conversation
+from minigpt4.models.prompting import IMAGE_PLACEHOLDER
+
+log = logging.getLogger(__name__)
+
+IMAGE_MESSAGE = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
+DEFAULT_INSTRUCTION = "Describe this image in detail."
+TEMPLATES = ("auto", "training", "vicuna0", "llama2")
+
+
+class UsageError(ValueError):
+    """A problem with what the user asked for (config, device, files); printed without a traceback."""
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument("--cfg-path", required=True, help="YAML config (e.g. eval_configs/minigpt4_eval.yaml)")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu, cuda, cuda:1 (default: run.device, else cuda if available)")
+    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. model.ckpt=/path/proj.pth model.torch_dtype=bf16")
+    parser.add_argument("--low-resource", action="store_true", help="8-bit LLM (bitsandbytes, CUDA only)")
+    parser.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 LLM (bitsandbytes, CUDA only)")
+    parser.add_argument("--device-map", default=None,
+                        help="place the LLM across GPUs with accelerate, e.g. auto or balanced (CUDA only)")
+    return parser
+
+
+def option_list(args) -> list[str]:
+    options = list(args.options or [])
+    if args.low_resource:
+        options.append("model.low_resource=True")
+    if args.load_in_4bit:
+        options.append("model.load_in_4bit=True")
+    if args.device_map:
+        options.append(f"model.device_map={args.device_map}")
+    return options
+
+
+def resolve_device(requested, cfg) -> torch.device:
+    name = requested or OmegaConf.select(cfg, "run.device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def load_config(args):
+    from minigpt4.common.config import Config
+
+    cfg = Config.load(args.cfg_path, option_list(args)).config
+    if "model" not in cfg:
+        raise UsageError(f"{args.cfg_path}: the config has no model section")
+    return cfg
+
+
+def load_model(args):
+    """``(cfg, model, vis_processor, device)`` from ``--cfg-path``/``--options``/``--device``."""
+    from minigpt4.models import MiniGPT4
+
+    cfg = load_config(args)
+    device = resolve_device(args.device, cfg)
+    model = MiniGPT4.from_config(cfg.model, device=device)
+    model.eval()
+    return cfg, model, vis_processor_from_config(cfg), device
+
+
+def vis_processor_config(cfg) -> dict:
+    """The processor settings picked as described in the module docstring."""
+    candidates = [OmegaConf.select(cfg, "preprocess.vis_processor.eval")]
+    datasets = cfg.get("datasets") or {}
+    if datasets:
+        first = next(iter(datasets))
+        candidates += [OmegaConf.select(cfg, f"datasets.{first}.vis_processor.eval"),
+                       OmegaConf.select(cfg, f"datasets.{first}.vis_processor.train")]
+    for entry in candidates:
+        if entry is not None:
+            entry = dict(OmegaConf.to_container(entry, resolve=True))
+            if entry.get("name") == "blip2_image_train":
+                entry = {k: v for k, v in entry.items() if k in ("image_size", "mean", "std")}
+                entry["name"] = "blip2_image_eval"
+            return entry
+    size = OmegaConf.select(cfg, "model.image_size") or 224
+    log.warning("no vis_processor in the config (preprocess.vis_processor.eval or datasets.<name>.vis_processor); "
+                "using blip2_image_eval at %d px", size)
+    return {"name": "blip2_image_eval", "image_size": size}
+
+
+def vis_processor_from_config(cfg):
+    from minigpt4.processors import build_processor
+
+    return build_processor(OmegaConf.create(vis_processor_config(cfg)))
+
+
+def conversation_from_config(model_cfg, template: str = "auto") -> Conversation:
+    """``auto``: the training template when the config has ``prompt_template`` (what a model trained here
+    answers best to), else the original demo's template for ``model_type`` (Vicuna v0 by default)."""
+    if template not in TEMPLATES:
+        raise UsageError(f"--template must be one of {TEMPLATES}, got {template!r}")
+    prompt_template = model_cfg.get("prompt_template")
+    if template == "training" or (template == "auto" and prompt_template):
+        if not prompt_template:
+            raise UsageError("--template training needs model.prompt_template in the config")
+        return training_conversation(prompt_template, model_cfg.get("end_sym", "###"))
+    if template == "llama2" or (template == "auto" and model_cfg.get("model_type") == "pretrain_llama2"):
+        return CONV_DICT["pretrain_llama2"].copy()
+    return CONV_VISION_Vicuna0.copy()
+
+
+def caption_prompt(model_cfg, prompt: str | None = None) -> str | None:
+    """The captioning prompt. ``prompt`` containing ``<ImageHere>`` is used as is; other text is the
+    instruction after the image. Default: ``prompt_template.format('<Img><ImageHere></Img> Describe this
+    image in detail.')`` when the config has ``prompt_template``, else ``None`` (image only, as stage 1)."""
+    if prompt is not None and IMAGE_PLACEHOLDER in prompt:
+        return prompt
+    template = model_cfg.get("prompt_template")
+    if prompt is None and not template:
+        return None
+    message = f"{IMAGE_MESSAGE} {prompt if prompt is not None else DEFAULT_INSTRUCTION}"
+    return template.format(message) if template else message
+
+
+def caption_stop_strings(model) -> list[str]:
+    """Rows stop at ``end_sym`` (a newline end_sym included, as stage-1 captions end with it) or EOS."""
+    end = model.end_sym
+    if end and not end.strip() and "\n" in end:
+        return ["\n"]
+    return model.stop_strings()
+
+
+@contextlib.contextmanager
+def cli_errors(prog: str):
+    """Turn configuration/usage errors into one line on stderr and exit status 2."""
+    from minigpt4.common.config import ConfigError
+    from minigpt4.models.checkpoint import CheckpointError
+
+    try:
+        yield
+    except (UsageError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
