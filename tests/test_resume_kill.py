@@ -1,4 +1,4 @@
-"""SIGKILL a CPU run after a checkpoint, resume it with ``--resume auto``, and compare with an uninterrupted
+"""SIGKILL a CPU run after a mid-epoch checkpoint (``save_every``), resume it with ``--resume auto``, and compare with an uninterrupted
 run: the trainable weights must be bitwise equal. Stage-2 style (random instruction per batch) with the
 random-crop image processor, so Python, torch and data-loader state all have to be restored."""
 from __future__ import annotations
@@ -22,8 +22,8 @@ STAGE2 = dict(prompt_path="prompts/alignment.txt", prompt_template="###Human: {}
 
 
 def _config(tmp_path, data, job):
-    cfg = train_config(data, tmp_path / "out" / job, job_id="job", max_epoch=3, iters_per_epoch=3,
-                       batch_size_train=2, num_workers=1, tensorboard=False)
+    cfg = train_config(data, tmp_path / "out" / job, job_id="job", max_epoch=2, iters_per_epoch=3,
+                       save_every=2, batch_size_train=2, num_workers=1, tensorboard=False)
     cfg["model"] = model_block(**STAGE2)
     cfg["datasets"]["cc_sbu_align"]["vis_processor"]["train"] = {"name": "blip2_image_train", "image_size": 224}
     return write_config(tmp_path / f"{job}.yaml", cfg)
@@ -49,13 +49,13 @@ def test_sigkill_then_resume_is_bitwise_equal(tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "out" / "killed" / "job" / "checkpoint_2.safetensors").exists()
+    assert not (tmp_path / "out" / "killed" / "job" / "checkpoint_1.safetensors").exists()
 
     resumed = run_train(["--cfg-path", str(killed_cfg), "--resume", "auto"], cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
-    a = load_file(str(tmp_path / "out" / "full" / "job" / "checkpoint_2.safetensors"))
-    b = load_file(str(tmp_path / "out" / "killed" / "job" / "checkpoint_2.safetensors"))
+    a = load_file(str(tmp_path / "out" / "full" / "job" / "checkpoint_1.safetensors"))
+    b = load_file(str(tmp_path / "out" / "killed" / "job" / "checkpoint_1.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
         assert a[key].equal(b[key]), key
