@@ -1,0 +1,98 @@
+"""Dataset builders: ``Builder(datasets.<name> config block).build_datasets() -> {"train": dataset}``.
+
+Registered names as in the original: ``laion`` and ``cc_sbu`` (webdataset shards, stage 1) and
+``cc_sbu_align`` (folder with filter_cap.json, stage 2). Keys read from the block (all declared in
+``minigpt4.common.schema.DATASET_KEYS``): ``build_info.storage``, ``vis_processor.train``,
+``text_processor.train``, ``resampled`` (default true), ``shuffle_buffer`` (default 1000),
+``sample_ratio`` (default 1), ``batch_size`` / ``num_workers`` (optional per-dataset overrides).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from minigpt4.common.config import resolve_path
+from minigpt4.common.registry import registry
+from minigpt4.datasets.align import CCSBUAlignDataset
+from minigpt4.datasets.storage import expand_storage
+from minigpt4.datasets.webdata import WebImageTextDataset
+from minigpt4.processors import build_processor
+
+
+class BaseDatasetBuilder:
+    name = ""
+    DATASET_CONFIG_DICT: dict[str, str] = {}
+
+    def __init__(self, cfg=None):
+        if cfg is None:
+            path = Path(registry.get_path("library_root")) / self.DATASET_CONFIG_DICT["default"]
+            cfg = OmegaConf.load(path).datasets[self.name]
+        self.config = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+
+    # ------------------------------------------------------------------ pieces
+    def _key(self, key: str) -> str:
+        return f"datasets.{self.name}.{key}"
+
+    def build_processors(self):
+        """(vis processor, text processor) from ``vis_processor.train`` / ``text_processor.train``."""
+        vis_cfg = OmegaConf.select(self.config, "vis_processor.train")
+        if vis_cfg is None:
+            raise ValueError(f"{self._key('vis_processor.train')} is required, e.g. "
+                             f"{{name: blip2_image_train, image_size: 224}}")
+        text_cfg = OmegaConf.select(self.config, "text_processor.train")
+        return build_processor(vis_cfg), build_processor(text_cfg)
+
+    def storage(self):
+        storage = OmegaConf.select(self.config, "build_info.storage")
+        if storage is None:
+            raise ValueError(f"{self._key('build_info.storage')} is not set")
+        return OmegaConf.to_object(storage) if OmegaConf.is_config(storage) else storage
+
+    def _annotate(self, dataset):
+        dataset.name = self.name
+        dataset.sample_ratio = self.config.get("sample_ratio", 1)
+        dataset.batch_size = self.config.get("batch_size", None)
+        dataset.num_workers = self.config.get("num_workers", None)
+        return dataset
+
+    def build(self):
+        raise NotImplementedError
+
+    def build_datasets(self) -> dict:
+        return {"train": self._annotate(self.build())}
+
+
+class WebImageTextBuilder(BaseDatasetBuilder):
+    def build(self):
+        vis, text = self.build_processors()
+        shuffle_buffer = self.config.get("shuffle_buffer", 1000)
+        if shuffle_buffer < 0:
+            raise ValueError(f"{self._key('shuffle_buffer')} must be >= 0, got {shuffle_buffer}")
+        return WebImageTextDataset(expand_storage(self.name, self.storage()), vis, text, name=self.name,
+                                   resampled=self.config.get("resampled", True), shuffle_buffer=shuffle_buffer)
+
+
+@registry.register_builder("laion")
+class LaionBuilder(WebImageTextBuilder):
+    name = "laion"
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/laion/defaults.yaml"}
+
+
+@registry.register_builder("cc_sbu")
+class CCSBUBuilder(WebImageTextBuilder):
+    name = "cc_sbu"
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/cc_sbu/defaults.yaml"}
+
+
+@registry.register_builder("cc_sbu_align")
+class CCSBUAlignBuilder(BaseDatasetBuilder):
+    name = "cc_sbu_align"
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/cc_sbu/align.yaml"}
+
+    def build(self):
+        vis, text = self.build_processors()
+        storage = self.storage()
+        if not isinstance(storage, str):
+            raise ValueError(f"{self._key('build_info.storage')} must be one folder, got {storage!r}")
+        return CCSBUAlignDataset(resolve_path(storage), vis, text, name=self.name)

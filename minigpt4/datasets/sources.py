@@ -1,0 +1,233 @@
+"""Main-process sides of the training loader, one per dataset: a DataLoader plus the position of
+what has been consumed from it. Workers send packets ``{"batch", "skips", ...}``; ``batch`` is None
+when every sample of a planned batch was skipped (map-style) or at the end of a stream (epoch mode).
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
+
+from minigpt4.datasets import skips
+from minigpt4.datasets.seeding import mix_seed
+from minigpt4.datasets.webdata import WebImageTextDataset
+
+log = logging.getLogger(__name__)
+
+# A stream that drops this many raw samples in a row is broken, not unlucky.
+MAX_DROPPED_IN_A_ROW = 100_000
+# Descriptions of skipped samples a worker sends along per reason and packet, for the main process to log.
+KEEP_DETAILS = 2
+
+
+def _identity(packet):
+    return packet
+
+
+class _WebStream(IterableDataset):
+    """Runs in each DataLoader worker: the worker's stream of one webdataset, batched into packets
+    ``{"batch", "stream", "position", "skips", "end"}``. Worker ``p`` reads logical stream
+    ``(p + rotation) % num_streams`` so a restarted DataLoader continues the round-robin where the
+    consumer stopped."""
+
+    def __init__(self, dataset: WebImageTextDataset, *, batch_size, rank, world_size, num_streams, epoch,
+                 seed, rotation, positions, finished):
+        super().__init__()
+        self.dataset, self.batch_size = dataset, batch_size
+        self.rank, self.world_size, self.num_streams = rank, world_size, num_streams
+        self.epoch, self.seed, self.rotation = epoch, seed, rotation
+        self.positions, self.finished = list(positions), set(finished)
+
+    def __iter__(self):
+        info = get_worker_info()
+        stream = ((info.id if info is not None else 0) + self.rotation) % self.num_streams
+        if stream in self.finished:
+            return
+        counter = skips.SkipCounter(self.dataset.name, keep_details=KEEP_DETAILS)
+        start = self.positions[stream]
+        samples, last_good = [], start - 1
+        for index, sample in self.dataset.stream(rank=self.rank, world_size=self.world_size, worker=stream,
+                                                 num_workers=self.num_streams, epoch=self.epoch, seed=self.seed,
+                                                 skip=start, counter=counter):
+            if index - last_good > MAX_DROPPED_IN_A_ROW:
+                raise RuntimeError(f"dataset {self.dataset.name!r}: {index - last_good - 1} samples in a row "
+                                   f"were skipped ({skips.format_counts(counter.pending)})")
+            samples.append(sample)
+            last_good = index
+            if len(samples) == self.batch_size:
+                yield {"batch": default_collate(samples), "stream": stream, "position": index + 1,
+                       "skips": counter.take(), "details": counter.take_details(), "end": False}
+                samples = []
+        # epoch mode: the end of the stream, with its last partial batch (if any) and last skips
+        yield {"batch": default_collate(samples) if samples else None, "stream": stream, "position": None,
+               "skips": counter.take(), "details": counter.take_details(), "end": True}
+
+
+class WebSource:
+    """Main-process side of one webdataset: consumed positions per stream, epoch, round-robin."""
+
+    def __init__(self, dataset, *, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.on_skips, self.pin_memory = on_skips, pin_memory
+        self.num_streams = max(1, num_workers)
+        if not dataset.resampled and len(dataset.urls) < world_size * self.num_streams:
+            log.warning("dataset %r: %d shards for %d ranks x %d workers; some workers get no shard",
+                        dataset.name, len(dataset.urls), world_size, self.num_streams)
+        self._it = None
+        self._reset_epoch(0)
+
+    def _reset_epoch(self, epoch: int) -> None:
+        self.epoch, self.next_stream = epoch, 0
+        self.positions = [0] * self.num_streams
+        self.finished: set[int] = set()
+        self.batches_this_epoch = 0
+
+    def _start(self) -> None:
+        stream = _WebStream(self.dataset, batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
+                            num_streams=self.num_streams, epoch=self.epoch, seed=self.seed,
+                            rotation=self.next_stream, positions=self.positions, finished=self.finished)
+        self._it = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
+                                   pin_memory=self.pin_memory))
+
+    def next_batch(self) -> dict:
+        while True:
+            if self._it is None:
+                self._start()
+            try:
+                packet = next(self._it)
+            except StopIteration:
+                self.close()
+                if self.dataset.resampled:
+                    raise RuntimeError(f"dataset {self.dataset.name!r}: the resampled stream ended") from None
+                if self.batches_this_epoch == 0:
+                    raise RuntimeError(f"dataset {self.dataset.name!r}: an epoch over {len(self.dataset.urls)} "
+                                       f"shards gave this rank no sample") from None
+                self._reset_epoch(self.epoch + 1)
+                continue
+            self.on_skips(self.dataset.name, packet["skips"], packet["details"])
+            stream = packet["stream"]
+            self.next_stream = (stream + 1) % self.num_streams
+            if packet["end"]:
+                self.finished.add(stream)
+            else:
+                self.positions[stream] = packet["position"]
+            if packet["batch"] is not None:
+                self.batches_this_epoch += 1
+                return packet["batch"]
+
+    def state_dict(self) -> dict:
+        return {"kind": "webdataset", "epoch": self.epoch, "next_stream": self.next_stream,
+                "positions": list(self.positions), "finished": sorted(self.finished),
+                "num_streams": self.num_streams, "batches_this_epoch": self.batches_this_epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "webdataset" or state["num_streams"] != self.num_streams:
+            raise ValueError(f"dataset {self.dataset.name!r}: data state was saved with "
+                             f"{state.get('num_streams')} streams (num_workers), this loader has "
+                             f"{self.num_streams}; resume with the same num_workers")
+        self.close()
+        self.epoch, self.next_stream = int(state["epoch"]), int(state["next_stream"])
+        self.positions = [int(p) for p in state["positions"]]
+        self.finished = set(int(s) for s in state["finished"])
+        self.batches_this_epoch = int(state["batches_this_epoch"])
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
+
+# ---------------------------------------------------------------------- map-style (cc_sbu_align)
+def epoch_batches(n: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """This rank's batches of one epoch, as ``DistributedSampler(shuffle=True, drop_last=True, seed=seed)``
+    with ``set_epoch(epoch)`` and a ``drop_last`` DataLoader: one permutation seeded by ``seed + epoch``
+    shared by all ranks, rank ``r`` takes every ``world_size``-th index from ``r``."""
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    perm = torch.randperm(n, generator=g).tolist()
+    mine = perm[: (n // world_size) * world_size][rank::world_size]
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(len(mine) // batch_size)]
+
+
+class _BatchPlan(Sampler):
+    """Infinite ``(epoch, batch number, indices)`` from a start position."""
+
+    def __init__(self, n, batch_size, rank, world_size, seed, epoch, batch):
+        self.args = (n, batch_size, rank, world_size, seed)
+        self.epoch, self.batch = epoch, batch
+
+    def __iter__(self):
+        epoch, start = self.epoch, self.batch
+        while True:
+            for b, indices in enumerate(epoch_batches(*self.args, epoch)):
+                if b >= start:
+                    yield epoch, b, indices
+            epoch, start = epoch + 1, 0
+
+
+class _MapBatches(Dataset):
+    """Worker side: loads a planned batch, drops (and counts) unreadable samples."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, plan):
+        epoch, b, indices = plan
+        samples, counter = [], skips.SkipCounter(self.dataset.name, keep_details=KEEP_DETAILS)
+        for i in indices:
+            try:
+                samples.append(self.dataset.load(i, seed=mix_seed(self.seed, epoch, i)))
+            except skips.SkipSample as exn:
+                counter.add(exn.reason, exn.detail)
+        return {"batch": default_collate(samples) if samples else None, "epoch": epoch, "batch_number": b,
+                "skips": counter.take(), "details": counter.take_details()}
+
+
+class MapSource:
+    def __init__(self, dataset, *, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
+        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.on_skips, self.pin_memory = on_skips, pin_memory
+        name = getattr(dataset, "name", type(dataset).__name__)
+        if len(dataset) // world_size < batch_size:
+            raise ValueError(f"dataset {name!r} has {len(dataset)} samples, fewer than batch_size {batch_size} "
+                             f"x world_size {world_size}: no full batch per rank")
+        if not hasattr(dataset, "load"):
+            raise TypeError(f"dataset {name!r}: map-style datasets need load(index, seed) -> sample")
+        self.epoch, self.batch = 0, 0
+        self._it = None
+
+    def _start(self) -> None:
+        plan = _BatchPlan(len(self.dataset), self.batch_size, self.rank, self.world_size, self.seed,
+                          self.epoch, self.batch)
+        self._it = iter(DataLoader(_MapBatches(self.dataset, self.seed), batch_size=None, sampler=plan,
+                                   num_workers=self.num_workers, collate_fn=_identity, pin_memory=self.pin_memory))
+
+    def next_batch(self) -> dict:
+        while True:
+            if self._it is None:
+                self._start()
+            packet = next(self._it)
+            self.on_skips(self.dataset.name, packet["skips"], packet["details"])
+            self.epoch, self.batch = packet["epoch"], packet["batch_number"] + 1
+            if packet["batch"] is not None:
+                return packet["batch"]
+
+    def state_dict(self) -> dict:
+        return {"kind": "map", "epoch": self.epoch, "batch": self.batch}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("kind") != "map":
+            raise ValueError(f"dataset {self.dataset.name!r}: data state is not a map-style position: {state}")
+        self.close()
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()

@@ -1,0 +1,230 @@
+"""Image-text pairs from webdataset shards as img2dataset writes them (``{key}.jpg`` + ``{key}.json``
+with ``"caption"``, optional ``{key}.txt``): the LAION and CC/SBU datasets of stage 1.
+
+One *stream* is what one DataLoader worker of one rank reads. Stages (webdataset's own pieces):
+
+1. shard list: ``ResampledShards`` (``resampled: true``, the original's infinite sampling with
+   replacement) or, in epoch mode, the shard list shuffled per epoch and split across ranks and then
+   workers (each shard read by exactly one stream, one pass);
+2. tar members via ``tar_file_iterator``, one shard at a time, so a truncated or unreadable shard is
+   counted once and its complete samples are kept; ``group_by_keys`` forms the samples;
+3. ``shuffle(shuffle_buffer)`` on the raw bytes;
+4. numbering: sample ``i`` of the stream gets ``__index__ = i``; a resumed stream skips the first
+   ``skip`` samples here, before any decoding;
+5. checks (image and caption present), ``decode("pilrgb")`` of the image, the vis processor under a
+   seed derived from the sample's place in the stream, the text processor.
+
+Every dropped sample is counted in the stream's :class:`~minigpt4.datasets.skips.SkipCounter`.
+"""
+from __future__ import annotations
+
+import json
+import random
+from functools import partial
+from itertools import islice
+
+import webdataset as wds
+from torch.utils.data import IterableDataset
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from minigpt4.datasets import skips
+from minigpt4.datasets.seeding import cpu_rng_scope, mix_seed
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+_END_BLOCKS = 1024  # a complete tar ends with two 512-byte zero blocks
+
+
+class _TailReader:
+    """File proxy remembering the last bytes read, to tell a complete tar from a truncated one."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.tail = b""
+
+    def read(self, n=-1):
+        data = self.stream.read(n)
+        if data:
+            self.tail = (self.tail + data)[-_END_BLOCKS:]
+        return data
+
+    def drain(self) -> None:
+        while self.read(1 << 16):
+            pass
+
+    def ended_cleanly(self) -> bool:
+        return len(self.tail) == _END_BLOCKS and not any(self.tail)
+
+
+def tar_members(shards, counter: skips.SkipCounter, max_failures_in_a_row: int | None = None):
+    """``{"url": ...}`` dicts -> tar member dicts, with the ``{}`` end-of-shard marker after each shard.
+
+    ``max_failures_in_a_row`` bounds an endless (resampled) stream whose shards all fail to open,
+    which would otherwise spin forever without yielding.
+    """
+    failures = 0
+    for shard in shards:
+        url = shard["url"]
+        try:
+            stream = wds.gopen(url)
+            failures = 0
+        except Exception as exn:  # noqa: BLE001  (any open failure is a counted skip)
+            counter.add(skips.UNREADABLE_SHARD, f"{url}: {exn!r}")
+            failures += 1
+            if max_failures_in_a_row is not None and failures >= max_failures_in_a_row:
+                raise RuntimeError(f"{counter.name}: {failures} shards in a row could not be opened "
+                                   f"(last: {url}: {exn!r})") from exn
+            continue
+        reader = _TailReader(stream)
+        members = 0
+        try:
+            for member in tar_file_iterator(reader):
+                member["__url__"] = url
+                members += 1
+                yield member
+            reader.drain()
+            if not reader.ended_cleanly():
+                counter.add(skips.TRUNCATED_SHARD, f"{url}: no end-of-archive marker after {members} files")
+        except Exception as exn:  # noqa: BLE001
+            reason = skips.TRUNCATED_SHARD if members else skips.UNREADABLE_SHARD
+            counter.add(reason, f"{url}: {exn!r} after {members} files")
+        finally:
+            stream.close()
+        yield {}
+
+
+def split_streams(src, rank: int, world_size: int, worker: int, num_workers: int):
+    """Every ``world_size``-th item for this rank, then every ``num_workers``-th for this worker
+    (webdataset's ``split_by_node`` + ``split_by_worker``, with explicit ranks)."""
+    return islice(islice(src, rank, None, world_size), worker, None, num_workers)
+
+
+def number_samples(src, skip: int, counter: skips.SkipCounter):
+    """Attach ``__index__``; drop the first ``skip`` samples undecoded with the counter muted
+    (their skips were counted before the state was saved)."""
+    counter.muted = skip > 0
+    for index, sample in enumerate(src):
+        if index < skip:
+            if index == skip - 1:
+                counter.muted = False
+            continue
+        sample["__index__"] = index
+        yield sample
+    counter.muted = False
+
+
+def caption_of(sample: dict) -> str | None:
+    """``json["caption"]``, else the ``.txt`` text; None when neither holds a non-empty caption."""
+    raw = sample.get("json")
+    if raw is not None:
+        try:
+            meta = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+        except ValueError:
+            meta = None
+        caption = meta.get("caption") if isinstance(meta, dict) else None
+        if isinstance(caption, str) and caption.strip():
+            return caption
+    text = sample.get("txt")
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if isinstance(text, str) and text.strip():
+        return text
+    return None
+
+
+def check_samples(src, counter: skips.SkipCounter):
+    for sample in src:
+        where = f"{sample.get('__url__')}:{sample.get('__key__')}"
+        image_key = next((k for k in IMAGE_KEYS if k in sample), None)
+        if image_key is None:
+            counter.add(skips.MISSING_IMAGE, where)
+            continue
+        caption = caption_of(sample)
+        if caption is None:
+            counter.add(skips.MISSING_CAPTION, where)
+            continue
+        yield {"__index__": sample["__index__"], "__key__": sample.get("__key__"),
+               "__url__": sample.get("__url__"), "__caption__": caption, image_key: sample[image_key]}
+
+
+def process_samples(src, vis_processor, text_processor, stream_seed: int, counter: skips.SkipCounter):
+    for sample in src:
+        image = next(sample[k] for k in IMAGE_KEYS if k in sample)
+        try:
+            with cpu_rng_scope(mix_seed(stream_seed, sample["__index__"])):
+                pixels = vis_processor(image)
+        except Exception as exn:  # noqa: BLE001
+            counter.add(skips.BAD_IMAGE, f"{sample['__url__']}:{sample['__key__']}: {exn!r}")
+            continue
+        caption = sample["__caption__"]
+        answer = text_processor(caption) if text_processor is not None else caption
+        yield sample["__index__"], {"image": pixels, "answer": answer}
+
+
+def _constant(value):
+    return value
+
+
+class WebImageTextDataset(IterableDataset):
+    """LAION / CC+SBU style webdataset: yields ``{"image": FloatTensor[3,S,S], "answer": str}``.
+
+    Iterating it directly splits shards by ``torch.distributed`` rank and DataLoader worker as
+    webdataset does; :func:`minigpt4.datasets.loader.build_train_loader` drives :meth:`stream`
+    instead, with explicit ranks, exact skip counts and resumable positions.
+    """
+
+    def __init__(self, urls: list[str], vis_processor, text_processor=None, *, name: str = "webdataset",
+                 resampled: bool = True, shuffle_buffer: int = 1000, seed: int = 0):
+        super().__init__()
+        if not urls:
+            raise ValueError(f"dataset {name!r}: no shards")
+        self.urls = list(urls)
+        self.vis_processor = vis_processor
+        self.text_processor = text_processor
+        self.name = name
+        self.sample_ratio = 1
+        self.resampled = bool(resampled)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.seed = seed
+        self.epoch = 0
+        self.counter = skips.SkipCounter(name)  # used by direct iteration only
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def shard_source(self, rank: int, world_size: int, worker: int, num_workers: int, epoch: int, seed: int):
+        if self.resampled:
+            stream_seed = mix_seed(seed, rank, worker, epoch, 1)
+            return wds.ResampledShards(self.urls, seed=0, deterministic=True,
+                                       worker_seed=partial(_constant, stream_seed))
+        order = [s["url"] for s in wds.SimpleShardList(self.urls, seed=mix_seed(seed, epoch, 2))]
+        mine = list(split_streams(order, rank, world_size, worker, num_workers))
+        return wds.SimpleShardList(mine) if mine else partial(iter, ())
+
+    def stream(self, *, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1,
+               epoch: int = 0, seed: int | None = None, skip: int = 0, counter: skips.SkipCounter | None = None):
+        """``(index, sample)`` pairs of one stream; ``index`` counts raw samples (bad ones too)."""
+        seed = self.seed if seed is None else seed
+        counter = counter if counter is not None else self.counter
+        stream_seed = mix_seed(seed, rank, worker, epoch)
+        stages = [
+            self.shard_source(rank, world_size, worker, num_workers, epoch, seed),
+            partial(tar_members, counter=counter, max_failures_in_a_row=100 if self.resampled else None),
+            partial(group_by_keys, handler=counter.handler(skips.BAD_SAMPLE)),
+        ]
+        if self.shuffle_buffer > 1:
+            rng = random.Random(mix_seed(stream_seed, 3))
+            stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng))
+        stages += [
+            partial(number_samples, skip=skip, counter=counter),
+            partial(check_samples, counter=counter),
+            wds.decode("pilrgb", only=IMAGE_KEYS, handler=counter.handler(skips.BAD_IMAGE)),
+            partial(process_samples, vis_processor=self.vis_processor, text_processor=self.text_processor,
+                    stream_seed=stream_seed, counter=counter),
+        ]
+        return iter(wds.DataPipeline(*stages))
+
+    def __iter__(self):
+        rank, world_size, worker, num_workers = wds.utils.pytorch_worker_info()
+        for _, sample in self.stream(rank=rank, world_size=world_size, worker=worker,
+                                     num_workers=num_workers, epoch=self.epoch):
+            yield sample
