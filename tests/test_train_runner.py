@@ -47,16 +47,16 @@ def _train(cfg, rows, batch_size=2, seed=7):
 
 
 def test_training_lowers_loss_and_changes_only_llama_proj(tmp_path, samples):
-    cfg = _cfg(tmp_path)
+    cfg = _cfg(tmp_path, iters_per_epoch=2)
     model, before, runner, result = _train(cfg, samples)
     losses = [loss for _, loss, _ in runner.reporter.history]
-    assert len(losses) == 6 and losses[-1] < losses[0] - 0.1
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.1
     after = model.state_dict()
     changed = sorted(k for k in after if not torch.equal(after[k], before[k]))
     assert changed == ["llama_proj.bias", "llama_proj.weight"]
 
     out = tmp_path / "out" / "job"
-    assert result["output_dir"] == str(out) and result["global_step"] == 6
+    assert result["output_dir"] == str(out) and result["global_step"] == 4
     for name in ("checkpoint_0", "checkpoint_1"):
         assert (out / f"{name}.safetensors").is_file()
         meta = json.loads((out / f"{name}.json").read_text())
@@ -68,9 +68,9 @@ def test_training_lowers_loss_and_changes_only_llama_proj(tmp_path, samples):
     assert json.loads(lines[0])["run"]["init_lr"] == 1e-2
     epochs = [json.loads(line) for line in lines[1:]]
     assert [e["epoch"] for e in epochs] == [0, 1]
-    assert epochs[1]["train_loss"] == pytest.approx(sum(losses[3:]) / 3)
+    assert epochs[1]["train_loss"] == pytest.approx(sum(losses[2:]) / 2)
     lrs = [lr for _, _, lr in runner.reporter.history]
-    assert epochs[0]["train_lr"] == pytest.approx(sum(lrs[:3]) / 3, rel=1e-12)
+    assert epochs[0]["train_lr"] == pytest.approx(sum(lrs[:2]) / 2, rel=1e-12)
     assert (out / "curves.png").stat().st_size > 1000
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "resume.pt").is_file()
@@ -82,14 +82,14 @@ def test_training_lowers_loss_and_changes_only_llama_proj(tmp_path, samples):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):
     bad = dict(samples[0], image=torch.full_like(samples[0]["image"], float("nan")))
-    rows = samples * 4 + [bad, samples[1]]  # the 5th batch (epoch 1, step 1) holds the NaN image
-    cfg = _cfg(tmp_path)
-    with pytest.raises(TrainingDiverged, match="global step 5"):
+    rows = samples * 2 + [bad, samples[1]]  # the 3rd batch (epoch 1, step 0) holds the NaN image
+    cfg = _cfg(tmp_path, iters_per_epoch=2)
+    with pytest.raises(TrainingDiverged, match="global step 3"):
         _train(cfg, rows)
     out = tmp_path / "out" / "job"
     assert (out / "checkpoint_0.safetensors").is_file() and not (out / "checkpoint_1.safetensors").exists()
     state = torch.load(out / "resume.pt", weights_only=False)
-    assert state["global_step"] == 3 and state["weights"] == "checkpoint_0.safetensors"
+    assert state["global_step"] == 2 and state["weights"] == "checkpoint_0.safetensors"
     assert torch.isfinite(load_file(str(out / "checkpoint_0.safetensors"))["llama_proj.weight"]).all()
 
 
@@ -100,30 +100,30 @@ STAGE2 = dict(prompt_path="prompts/alignment.txt", prompt_template="###Human: {}
 def test_stop_and_resume_in_process_is_bitwise(tmp_path, samples):
     """Stage-2 style (a random instruction per batch, so the Python RNG state matters), with accumulation."""
     rows = samples + [dict(samples[0], answer="A blue square."), dict(samples[1], answer="Two shapes.")]
-    common = dict(max_epoch=2, iters_per_epoch=4, accum_grad_iters=2, max_grad_norm=1.0, batch_size_train=1)
+    common = dict(max_epoch=1, iters_per_epoch=4, accum_grad_iters=2, max_grad_norm=1.0, batch_size_train=1)
     full, _, _, _ = _train(_cfg(tmp_path / "a", model=STAGE2, **common), rows, batch_size=1)
-    # max_seconds=0: stop at the first optimizer step (global step 2), checkpoint, exit
+    # max_seconds=0: stop at the first optimizer step (global step 2, mid-epoch), checkpoint, exit
     part_cfg = _cfg(tmp_path / "b", model=STAGE2, max_seconds=0, **common)
     _, _, _, result = _train(part_cfg, rows, batch_size=1)
     assert result["stopped_at"] == 2
     resumed_cfg = _cfg(tmp_path / "b", model=STAGE2, resume_ckpt_path=str(tmp_path / "b" / "out" / "job"), **common)
     # a different seed proves the state comes from the resume file, not from re-seeding
     resumed, _, runner, result = _train(resumed_cfg, rows, batch_size=1, seed=999)
-    assert result["global_step"] == 8
+    assert result["global_step"] == 4
     for key in ("llama_proj.weight", "llama_proj.bias"):
         assert torch.equal(resumed.state_dict()[key], full.state_dict()[key]), key
     # and the resumed run's log continues the epoch lines
     lines = (tmp_path / "b" / "out" / "job" / "log.txt").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines if '"train_loss"' in line] == [0, 1]
+    assert [json.loads(line)["epoch"] for line in lines if '"train_loss"' in line] == [0]
 
 
 def test_accumulation_equals_the_bigger_batch(tmp_path, samples):
     """Two micro-batches of one sample, accumulated, give the update of one batch of both."""
     rows = [samples[0], samples[0]]
-    one, _, _, _ = _train(_cfg(tmp_path / "a", max_epoch=1, iters_per_epoch=2, batch_size_train=2), rows, 2)
     acc, _, _, _ = _train(_cfg(tmp_path / "b", max_epoch=1, iters_per_epoch=4, accum_grad_iters=2,
                                batch_size_train=1, warmup_steps=0, init_lr=1e-2, min_lr=1e-2), rows, 1)
     ref, _, _, _ = _train(_cfg(tmp_path / "c", max_epoch=1, iters_per_epoch=2, batch_size_train=2,
                                warmup_steps=0, init_lr=1e-2, min_lr=1e-2), rows, 2)
     torch.testing.assert_close(acc.llama_proj.weight, ref.llama_proj.weight, rtol=1e-4, atol=1e-6)
-    assert not torch.equal(one.llama_proj.weight, ref.llama_proj.weight)  # the LR schedule matters: a real check
+    init = torch.load(fixture_dirs()[0] / "minigpt4_proj.pth", weights_only=True)["model"]["llama_proj.weight"]
+    assert (ref.llama_proj.weight - init).abs().max() > 1e-3  # both really trained
