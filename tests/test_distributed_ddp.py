@@ -26,6 +26,9 @@ def test_two_ranks_match_one_process(tmp_path):
     r2 = run_train(["--cfg-path", str(two)], cwd=tmp_path, nproc=2)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "rank 0/2" in r2.stderr and "backend gloo" in r2.stderr
+    # the main process logs progress lines (log_freq: 1); the other rank stays quiet
+    progress = [line for line in r2.stderr.splitlines() if "samples/s" in line]
+    assert len(progress) == 2 and all("data_wait" in p and "eta" in p and "peak_mem" in p for p in progress)
 
     w1 = load_file(str(tmp_path / "out" / "one" / "checkpoint_0.safetensors"))
     w2 = load_file(str(tmp_path / "out" / "two" / "checkpoint_0.safetensors"))

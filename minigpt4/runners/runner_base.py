@@ -67,6 +67,10 @@ class RunnerBase:
         self.log_freq = int(run.get("log_freq", 50))
         self.max_seconds = run.get("max_seconds")
         self._check_steps()
+        for key, why in (("evaluate", "there is no evaluation split in MiniGPT-4 training"),
+                         ("wandb_log", "metrics go to TensorBoard and log.txt")):
+            if run.get(key, False):
+                log.warning("run.%s is ignored: %s", key, why)
         from minigpt4.runners.output import ensure_writable, job_folder
 
         self.output_dir = ensure_writable(Path(output_dir) if output_dir else job_folder(run, job_id))
@@ -214,6 +218,9 @@ class RunnerBase:
 
     def _end_epoch(self, epoch: int, sums: list) -> dict:
         stats = {"epoch": epoch, "train_loss": sums[0] / max(sums[2], 1), "train_lr": sums[1] / max(sums[2], 1)}
+        skipped = self.loader.skip_counts() if hasattr(self.loader, "skip_counts") else {}
+        if skipped:  # this rank's bad samples, by reason
+            stats["skipped"] = dict(skipped)
         if self.reporter is not None:
             self.reporter.epoch(stats)
             log.info("epoch %d: %s", epoch, stats)
