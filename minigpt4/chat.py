@@ -78,13 +78,14 @@ class Session:
         return True
 
     def answer(self, text: str) -> None:
+        before = [list(m) for m in self.conv.messages]
         self.chat.ask(text, self.conv)
         print("MiniGPT-4: ", end="", file=self.out, flush=True)
         try:
             for piece in self.chat.stream_answer(self.conv, self.images, **self.gen_kwargs):
                 print(piece, end="", file=self.out, flush=True)
         except ContextTooLongError as exc:
-            self.conv.messages.pop()  # the question that did not fit
+            self.conv.messages = before  # take back the question that did not fit
             self.say(f"\n[{exc}]")
             return
         self.say("")
