@@ -18,6 +18,7 @@ BAD_SAMPLE = "bad_sample"              # a malformed tar member group (e.g. dupl
 TRUNCATED_SHARD = "truncated_shard"    # a tar that ends early or breaks mid-way (its earlier samples are kept)
 UNREADABLE_SHARD = "unreadable_shard"  # a shard that cannot be opened or is not a tar at all
 
+# A sample cut short by a truncated shard is counted under what it lacks (e.g. missing_caption).
 REASONS = (MISSING_IMAGE, MISSING_CAPTION, BAD_IMAGE, BAD_SAMPLE, TRUNCATED_SHARD, UNREADABLE_SHARD)
 
 # Per process and reason, the first few skips are logged with details; the rest only at DEBUG level.

@@ -37,9 +37,13 @@ _END_BLOCKS = 1024  # a complete tar ends with two 512-byte zero blocks
 class _TailReader:
     """File proxy remembering the last bytes read, to tell a complete tar from a truncated one."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, url: str = ""):
         self.stream = stream
+        self.url = url
         self.tail = b""
+
+    def __str__(self):  # webdataset appends "@ <file object>" to tar errors
+        return self.url
 
     def read(self, n=-1):
         data = self.stream.read(n)
@@ -74,7 +78,7 @@ def tar_members(shards, counter: skips.SkipCounter, max_failures_in_a_row: int |
                 raise RuntimeError(f"{counter.name}: {failures} shards in a row could not be opened "
                                    f"(last: {url}: {exn!r})") from exn
             continue
-        reader = _TailReader(stream)
+        reader = _TailReader(stream, url)
         members = 0
         try:
             for member in tar_file_iterator(reader):
@@ -86,7 +90,7 @@ def tar_members(shards, counter: skips.SkipCounter, max_failures_in_a_row: int |
                 counter.add(skips.TRUNCATED_SHARD, f"{url}: no end-of-archive marker after {members} files")
         except Exception as exn:  # noqa: BLE001
             reason = skips.TRUNCATED_SHARD if members else skips.UNREADABLE_SHARD
-            counter.add(reason, f"{url}: {exn!r} after {members} files")
+            counter.add(reason, f"{url}: {exn} (after {members} files)")
         finally:
             stream.close()
         yield {}
