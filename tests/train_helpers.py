@@ -111,3 +111,14 @@ class ListLoader:
 
     def close(self) -> None:
         pass
+
+
+def train_in_process(args: list[str]) -> int:
+    """``train.py`` in this process (saves a subprocess start); restores the torch thread count afterwards."""
+    import train
+
+    threads = torch.get_num_threads()
+    try:
+        return train.cli(args)
+    finally:
+        torch.set_num_threads(threads)

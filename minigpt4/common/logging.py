@@ -12,3 +12,10 @@ def setup_logger(rank: int = 0, level: int = logging.INFO) -> None:
                         stream=sys.stderr, force=True)
     for noisy in ("PIL", "matplotlib", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if rank != 0:
+        try:  # model-loading progress bars only on the main process
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            pass

@@ -273,7 +273,9 @@ class RunnerBase:
         with sync:
             with self._autocast():
                 out = self.ddp_model(samples)
-            loss, ntok = out["loss"], out["num_tokens"]
+            loss = out["loss"]
+            # a model that does not report its token count is weighted per rank (plain mean over ranks)
+            ntok = torch.as_tensor(out.get("num_tokens", 1), device=loss.device)
             # one collective for: global token count, token-weighted loss sum, stop request
             stats = torch.stack([ntok.detach().float().reshape(()), loss.detach().float() * ntok.float(),
                                  torch.tensor(float(out_of_time and update), device=loss.device)])
