@@ -19,6 +19,7 @@ Every dropped sample is counted in the stream's :class:`~minigpt4.datasets.skips
 from __future__ import annotations
 
 import json
+import logging
 import random
 from functools import partial
 from itertools import islice
@@ -29,6 +30,8 @@ from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope, mix_seed
+
+log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _END_BLOCKS = 1024  # a complete tar ends with two 512-byte zero blocks
@@ -92,7 +95,10 @@ def tar_members(shards, counter: skips.SkipCounter, max_failures_in_a_row: int |
             reason = skips.TRUNCATED_SHARD if members else skips.UNREADABLE_SHARD
             counter.add(reason, f"{url}: {exn} (after {members} files)")
         finally:
-            stream.close()
+            try:
+                stream.close()
+            except Exception as exn:  # noqa: BLE001  (e.g. a pipe: command's exit status; data already counted)
+                log.debug("%s: closing %s: %r", counter.name, url, exn)
         yield {}
 
 
