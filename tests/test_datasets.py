@@ -177,6 +177,16 @@ def test_resampled_stream_is_infinite_and_seeded(tmp_path):
     assert [s["answer"] for s in take(30, seed=1, rank=1, world_size=2)] != [s["answer"] for s in a]
 
 
+def test_endless_stream_of_bad_samples_stops_with_an_error(tmp_path, monkeypatch):
+    from minigpt4.datasets import webdata
+
+    write_shards(tmp_path, 2, 5, no_caption={(s, i) for s in range(2) for i in range(5)})
+    monkeypatch.setattr(webdata, "MAX_DROPPED_IN_A_ROW", 30)
+    ds = build("laion", web_cfg(str(tmp_path / "{00000..00001}.tar"), shuffle_buffer=0))
+    with pytest.raises(RuntimeError, match="30 samples in a row were skipped.*missing_caption"):
+        next(ds.stream(counter=SkipCounter("laion")))
+
+
 # ---------------------------------------------------------------------- cc_sbu_align
 def align_cfg(storage):
     return OmegaConf.create({"data_type": "images", "build_info": {"storage": str(storage)}, **PROC})

@@ -60,6 +60,7 @@ class SkipCounter:
         self.keep_details = keep_details
         self.details: list[tuple[str, str]] = []
         self._kept: Counter = Counter()
+        self.last_good = -1  # stream index of the last delivered sample (to notice all-bad data)
 
     def add(self, reason: str, detail: str = "", n: int = 1) -> None:
         if self.muted:

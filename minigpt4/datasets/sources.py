@@ -15,8 +15,6 @@ from minigpt4.datasets.webdata import WebImageTextDataset
 
 log = logging.getLogger(__name__)
 
-# A stream that drops this many raw samples in a row is broken, not unlucky.
-MAX_DROPPED_IN_A_ROW = 100_000
 # Descriptions of skipped samples a worker sends along per reason and packet, for the main process to log.
 KEEP_DETAILS = 2
 
@@ -46,15 +44,11 @@ class _WebStream(IterableDataset):
             return
         counter = skips.SkipCounter(self.dataset.name, keep_details=KEEP_DETAILS)
         start = self.positions[stream]
-        samples, last_good = [], start - 1
+        samples = []
         for index, sample in self.dataset.stream(rank=self.rank, world_size=self.world_size, worker=stream,
                                                  num_workers=self.num_streams, epoch=self.epoch, seed=self.seed,
                                                  skip=start, counter=counter):
-            if index - last_good > MAX_DROPPED_IN_A_ROW:
-                raise RuntimeError(f"dataset {self.dataset.name!r}: {index - last_good - 1} samples in a row "
-                                   f"were skipped ({skips.format_counts(counter.pending)})")
             samples.append(sample)
-            last_good = index
             if len(samples) == self.batch_size:
                 yield {"batch": default_collate(samples), "stream": stream, "position": index + 1,
                        "skips": counter.take(), "details": counter.take_details(), "end": False}

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 _END_BLOCKS = 1024  # a complete tar ends with two 512-byte zero blocks
+# A stream that drops this many raw samples in a row is broken, not unlucky.
+MAX_DROPPED_IN_A_ROW = 100_000
 
 
 class _TailReader:
@@ -112,11 +114,15 @@ def number_samples(src, skip: int, counter: skips.SkipCounter):
     """Attach ``__index__``; drop the first ``skip`` samples undecoded with the counter muted
     (their skips were counted before the state was saved)."""
     counter.muted = skip > 0
+    counter.last_good = skip - 1
     for index, sample in enumerate(src):
         if index < skip:
             if index == skip - 1:
                 counter.muted = False
             continue
+        if index - counter.last_good > MAX_DROPPED_IN_A_ROW:
+            raise RuntimeError(f"dataset {counter.name!r}: {index - counter.last_good - 1} samples in a row were "
+                               f"skipped ({skips.format_counts(counter.pending)}); is the data usable at all?")
         sample["__index__"] = index
         yield sample
     counter.muted = False
@@ -165,6 +171,7 @@ def process_samples(src, vis_processor, text_processor, stream_seed: int, counte
         except Exception as exn:  # noqa: BLE001
             counter.add(skips.BAD_IMAGE, f"{sample['__url__']}:{sample['__key__']}: {exn!r}")
             continue
+        counter.last_good = sample["__index__"]
         caption = sample["__caption__"]
         answer = text_processor(caption) if text_processor is not None else caption
         yield sample["__index__"], {"image": pixels, "answer": answer}
