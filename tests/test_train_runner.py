@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 
 import pytest
 import torch
@@ -127,3 +129,29 @@ def test_accumulation_equals_the_bigger_batch(tmp_path, samples):
     torch.testing.assert_close(acc.llama_proj.weight, ref.llama_proj.weight, rtol=1e-4, atol=1e-6)
     init = torch.load(fixture_dirs()[0] / "minigpt4_proj.pth", weights_only=True)["model"]["llama_proj.weight"]
     assert (ref.llama_proj.weight - init).abs().max() > 1e-3  # both really trained
+
+
+class _TermAt(ListLoader):
+    """Sends this process SIGTERM while producing batch ``at`` (as a cluster scheduler would)."""
+
+    def __init__(self, rows, batch_size, at):
+        super().__init__(rows, batch_size)
+        self.at, self.count = at, 0
+
+    def __next__(self):
+        self.count += 1
+        if self.count == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().__next__()
+
+
+def test_sigterm_stops_with_a_checkpoint(tmp_path, samples):
+    cfg = _cfg(tmp_path, max_epoch=1, iters_per_epoch=4)
+    task = setup_task(cfg)
+    runner = RunnerBase(cfg, "job", task, task.build_model(cfg, device="cpu"), {}, loader=_TermAt(samples, 2, at=2))
+    handler = signal.getsignal(signal.SIGTERM)
+    result = runner.train()
+    assert result["stopped_at"] == 2
+    assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    state = torch.load(tmp_path / "out" / "job" / "resume.pt", weights_only=False)
+    assert (state["global_step"], state["step"], state["data"][0]) == (2, 2, {"pos": 4})

@@ -11,8 +11,8 @@ from minigpt4.common.config import ConfigError
 
 
 def new_job_id() -> str:
-    """The original's job id: ``%Y%m%d%H%M`` with the last digit dropped (a 10-minute bucket)."""
-    return time.strftime("%Y%m%d%H%M")[:-1]
+    """A timestamp to the second (the original dropped to 10-minute buckets, so two runs could share a folder)."""
+    return time.strftime("%Y%m%d%H%M%S")
 
 
 def job_folder(run_cfg, job_id: str, resume_path: str | Path | None = None) -> Path:
@@ -35,3 +35,8 @@ def ensure_writable(folder: Path) -> Path:
     except OSError as e:
         raise ConfigError(f"run.output_dir: cannot write to {folder} ({e.strerror or e})") from None
     return folder
+
+
+def previous_run(folder: Path) -> bool:
+    """True if ``folder`` already holds a run's resume file."""
+    return (folder / "resume.pt").is_file()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -40,6 +42,10 @@ class TrainingDiverged(RuntimeError):
 
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _batch_size(batch: dict) -> int:
@@ -199,16 +205,20 @@ class RunnerBase:
             epoch, step, global_step, sums = self.load_resume(resume)
         self.optimizer.zero_grad(set_to_none=True)
         self._t_start = time.perf_counter()
+        self._terminate = False
         last = {}
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
         try:
             while epoch < self.max_epoch:
-                stopped, global_step, sums = self._train_epoch(epoch, step, global_step, sums)
+                stopped, global_step, sums, stats = self._train_epoch(epoch, step, global_step, sums)
+                last = stats or last
                 if stopped:
-                    last["stopped_at"] = global_step
+                    last = {**last, "stopped_at": global_step}
                     break
-                last = self._end_epoch(epoch, sums)
                 epoch, step, sums = epoch + 1, 0, [0.0, 0.0, 0]
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             if self.reporter is not None:
                 self.reporter.close()
             if self._loader is not None and hasattr(self._loader, "close"):
@@ -226,14 +236,20 @@ class RunnerBase:
             log.info("epoch %d: %s", epoch, stats)
         return stats
 
+    def _on_sigterm(self, signum, frame) -> None:
+        log.warning("SIGTERM: stopping at the next optimizer step with a checkpoint")
+        self._terminate = True
+
     def _train_epoch(self, epoch: int, start: int, global_step: int, sums: list):
-        """Steps ``start..iters_per_epoch-1`` of ``epoch``. Returns (stopped early?, global step, loss/lr sums)."""
+        """Steps ``start..iters_per_epoch-1`` of ``epoch``.
+        Returns (stop requested?, global step, loss/lr sums, epoch stats if the epoch was completed)."""
         bar = None
         if self.dist.is_main and self.run.get("progress_bar", True):
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch}", dynamic_ncols=True)
         meter = StepMeter(self.total_steps, global_step)
+        stats = None
         try:
             for i in range(start, self.iters_per_epoch):
                 t0 = time.perf_counter()
@@ -241,7 +257,8 @@ class RunnerBase:
                 data_time = time.perf_counter() - t0
                 lr = self.scheduler.step(epoch, i)
                 out_of_time = self.max_seconds is not None and time.perf_counter() - self._t_start > self.max_seconds
-                loss, stop = self._train_step(_to_device(batch, self.device), global_step, out_of_time)
+                loss, stop = self._train_step(_to_device(batch, self.device), global_step,
+                                              out_of_time or self._terminate)
                 global_step += 1
                 sums = [sums[0] + loss, sums[1] + lr, sums[2] + 1]
                 meter.update(_batch_size(batch) * self.dist.world_size, data_time, loss)
@@ -252,18 +269,17 @@ class RunnerBase:
                     self.reporter.step(global_step, loss, lr)
                 if self.dist.is_main and (global_step % self.log_freq == 0 or i + 1 == self.iters_per_epoch):
                     self._log_line(epoch, i, meter.summary(global_step), lr)
-                if i + 1 == self.iters_per_epoch:
-                    self.save_checkpoint(epoch, i + 1, global_step, sums)
-                elif stop or (self.save_every and global_step % self.save_every == 0):
+                stats = self._end_epoch(epoch, sums) if i + 1 == self.iters_per_epoch else None
+                if stats or stop or (self.save_every and global_step % self.save_every == 0):
                     self.save_checkpoint(epoch, i + 1, global_step, sums)
                 if stop:
-                    log.warning("run.max_seconds=%s reached: stopped at global step %d; resume with --resume auto",
-                                self.max_seconds, global_step)
-                    return True, global_step, sums
+                    log.warning("stopped at global step %d (run.max_seconds=%s or SIGTERM); continue with "
+                                "--resume auto", global_step, self.max_seconds)
+                    return True, global_step, sums, stats
         finally:
             if bar is not None:
                 bar.close()
-        return False, global_step, sums
+        return False, global_step, sums, stats
 
     def _train_step(self, samples: dict, global_step: int, out_of_time: bool) -> tuple[float, bool]:
         update = (global_step + 1) % self.accum == 0
