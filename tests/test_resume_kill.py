@@ -1,6 +1,7 @@
 """SIGKILL a CPU run after a mid-epoch checkpoint (``save_every``), resume it with ``--resume auto``, and
-compare with an uninterrupted run: the trainable weights must be bitwise equal. Stage-2 style (random instruction per batch) with the
-random-crop image processor, so Python, torch and data-loader state all have to be restored."""
+compare with an uninterrupted run: the trainable weights must be bitwise equal. Stage-2 style (a random
+instruction per batch) with the random-crop image processor, so Python, torch and data-loader state all
+have to be restored."""
 from __future__ import annotations
 
 import os

@@ -243,39 +243,42 @@ class RunnerBase:
     def _train_epoch(self, epoch: int, start: int, global_step: int, sums: list):
         """Steps ``start..iters_per_epoch-1`` of ``epoch``.
         Returns (stop requested?, global step, loss/lr sums, epoch stats if the epoch was completed)."""
-        bar = None
+        bar, redirect = None, contextlib.nullcontext()
         if self.dist.is_main and self.run.get("progress_bar", True):
             from tqdm.auto import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch}", dynamic_ncols=True)
+            redirect = logging_redirect_tqdm()  # log lines print above the bar instead of through it
         meter = StepMeter(self.total_steps, global_step)
         stats = None
         try:
-            for i in range(start, self.iters_per_epoch):
-                t0 = time.perf_counter()
-                batch = next(self.loader)
-                data_time = time.perf_counter() - t0
-                lr = self.scheduler.step(epoch, i)
-                out_of_time = self.max_seconds is not None and time.perf_counter() - self._t_start > self.max_seconds
-                loss, stop = self._train_step(_to_device(batch, self.device), global_step,
-                                              out_of_time or self._terminate)
-                global_step += 1
-                sums = [sums[0] + loss, sums[1] + lr, sums[2] + 1]
-                meter.update(_batch_size(batch) * self.dist.world_size, data_time, loss)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3e}")
-                if self.reporter is not None:
-                    self.reporter.step(global_step, loss, lr)
-                if self.dist.is_main and (global_step % self.log_freq == 0 or i + 1 == self.iters_per_epoch):
-                    self._log_line(epoch, i, meter.summary(global_step), lr)
-                stats = self._end_epoch(epoch, sums) if i + 1 == self.iters_per_epoch else None
-                if stats or stop or (self.save_every and global_step % self.save_every == 0):
-                    self.save_checkpoint(epoch, i + 1, global_step, sums)
-                if stop:
-                    log.warning("stopped at global step %d (run.max_seconds=%s or SIGTERM); continue with "
-                                "--resume auto", global_step, self.max_seconds)
-                    return True, global_step, sums, stats
+            with redirect:
+                for i in range(start, self.iters_per_epoch):
+                    t0 = time.perf_counter()
+                    batch = next(self.loader)
+                    data_time = time.perf_counter() - t0
+                    lr = self.scheduler.step(epoch, i)
+                    stop_asked = self._terminate or (self.max_seconds is not None and
+                                                     time.perf_counter() - self._t_start > self.max_seconds)
+                    loss, stop = self._train_step(_to_device(batch, self.device), global_step, stop_asked)
+                    global_step += 1
+                    sums = [sums[0] + loss, sums[1] + lr, sums[2] + 1]
+                    meter.update(_batch_size(batch) * self.dist.world_size, data_time, loss)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3e}")
+                    if self.reporter is not None:
+                        self.reporter.step(global_step, loss, lr)
+                    if self.dist.is_main and (global_step % self.log_freq == 0 or i + 1 == self.iters_per_epoch):
+                        self._log_line(epoch, i, meter.summary(global_step), lr)
+                    stats = self._end_epoch(epoch, sums) if i + 1 == self.iters_per_epoch else None
+                    if stats or stop or (self.save_every and global_step % self.save_every == 0):
+                        self.save_checkpoint(epoch, i + 1, global_step, sums)
+                    if stop:
+                        log.warning("stopped at global step %d (run.max_seconds=%s or SIGTERM); continue with "
+                                    "--resume auto", global_step, self.max_seconds)
+                        return True, global_step, sums, stats
         finally:
             if bar is not None:
                 bar.close()
@@ -324,4 +327,5 @@ class RunnerBase:
                  epoch, i + 1, self.iters_per_epoch, s["loss"], lr, s["samples_per_s"], 100 * s["data_wait"],
                  s["eta"], peak_memory_mb(self.device))
         if self.reporter is not None and self.reporter.writer is not None:
-            self.reporter.writer.add_scalar("train/samples_per_s", s["samples_per_s"], epoch * self.iters_per_epoch + i + 1)
+            step = epoch * self.iters_per_epoch + i + 1
+            self.reporter.writer.add_scalar("train/samples_per_s", s["samples_per_s"], step)
