@@ -74,6 +74,7 @@ def test_mixing_follows_sample_ratio(tmp_path):
     assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / n)
     # ... and real batches: each whole batch comes from one dataset, in the chosen proportion
     sources = []
+    before = torch.get_rng_state()  # processing in this process leaves the training RNG alone
     for t in range(300):
         batch = next(loader)
         kinds = {"cc" if " cc " in a else "photo" for a in batch["answer"]}
@@ -81,6 +82,7 @@ def test_mixing_follows_sample_ratio(tmp_path):
         sources.append(kinds.pop())
         assert sources[-1] == ("cc" if loader.choose(t) == 1 else "photo")
     loader.close()
+    assert torch.equal(torch.get_rng_state(), before)
     frac = sources.count("cc") / 300
     assert abs(frac - p) < 5 * math.sqrt(p * (1 - p) / 300)
     other = build_train_loader({"laion": laion, "cc_sbu": cc}, batch_size=2, num_workers=0, seed=42, rank=1,
@@ -172,3 +174,25 @@ def test_align_epochs_cover_dataset(tmp_path):
     for _ in range(6):  # two epochs of 3 batches
         ids.update(next(loader)["image_id"].tolist())
     assert ids == Counter({i: 2 for i in range(12)})
+
+
+class _Plain(torch.utils.data.Dataset):
+    """A map-style dataset without ``load``: random values from torch's global generator."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return {"x": torch.rand(2), "i": i}
+
+
+def test_plain_map_dataset_is_seeded_per_sample():
+    a = build_train_loader({"plain": _Plain()}, batch_size=4, num_workers=0, seed=3)
+    b = build_train_loader({"plain": _Plain()}, batch_size=4, num_workers=1, seed=3)
+    torch.manual_seed(123)  # the caller's RNG plays no part, and is left as it was
+    before = torch.get_rng_state()
+    for _ in range(3):
+        x, y = next(a), next(b)
+        assert torch.equal(x["x"], y["x"]) and torch.equal(x["i"], y["i"])
+    assert torch.equal(torch.get_rng_state(), before)
+    a.close(), b.close()

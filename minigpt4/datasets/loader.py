@@ -44,7 +44,7 @@ class TrainLoader:
             bs = getattr(ds, "batch_size", None) or batch_size
             nw = getattr(ds, "num_workers", None)
             nw = num_workers if nw is None else nw
-            kwargs = dict(batch_size=bs, num_workers=nw, seed=self.seed, rank=self.rank,
+            kwargs = dict(name=name, batch_size=bs, num_workers=nw, seed=self.seed, rank=self.rank,
                           world_size=self.world_size, on_skips=self._add_skips, pin_memory=pin_memory)
             source = WebSource(ds, **kwargs) if isinstance(ds, WebImageTextDataset) else MapSource(ds, **kwargs)
             self.sources.append(source)

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from minigpt4.datasets import skips
-from minigpt4.datasets.seeding import mix_seed
+from minigpt4.datasets.seeding import cpu_rng_scope, mix_seed
 from minigpt4.datasets.webdata import WebImageTextDataset
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,15 @@ KEEP_DETAILS = 2
 
 def _identity(packet):
     return packet
+
+
+def _private_generator() -> torch.Generator:
+    """For the DataLoader's own seed draw, which would otherwise advance the training process's global
+    RNG at a moment that differs between an uninterrupted and a resumed run. (Sample randomness is
+    seeded per sample and does not use it.)"""
+    g = torch.Generator()
+    g.manual_seed(0)
+    return g
 
 
 class _WebStream(IterableDataset):
@@ -61,8 +70,8 @@ class _WebStream(IterableDataset):
 class WebSource:
     """Main-process side of one webdataset: consumed positions per stream, epoch, round-robin."""
 
-    def __init__(self, dataset, *, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+    def __init__(self, dataset, *, name, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
+        self.name, self.dataset, self.batch_size, self.num_workers = name, dataset, batch_size, num_workers
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.on_skips, self.pin_memory = on_skips, pin_memory
         self.num_streams = max(1, num_workers)
@@ -83,7 +92,7 @@ class WebSource:
                             num_streams=self.num_streams, epoch=self.epoch, seed=self.seed,
                             rotation=self.next_stream, positions=self.positions, finished=self.finished)
         self._it = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
-                                   pin_memory=self.pin_memory))
+                                   pin_memory=self.pin_memory, generator=_private_generator()))
 
     def next_batch(self) -> dict:
         while True:
@@ -94,13 +103,13 @@ class WebSource:
             except StopIteration:
                 self.close()
                 if self.dataset.resampled:
-                    raise RuntimeError(f"dataset {self.dataset.name!r}: the resampled stream ended") from None
+                    raise RuntimeError(f"dataset {self.name!r}: the resampled stream ended") from None
                 if self.batches_this_epoch == 0:
-                    raise RuntimeError(f"dataset {self.dataset.name!r}: an epoch over {len(self.dataset.urls)} "
+                    raise RuntimeError(f"dataset {self.name!r}: an epoch over {len(self.dataset.urls)} "
                                        f"shards gave this rank no sample") from None
                 self._reset_epoch(self.epoch + 1)
                 continue
-            self.on_skips(self.dataset.name, packet["skips"], packet["details"])
+            self.on_skips(self.name, packet["skips"], packet["details"])
             stream = packet["stream"]
             self.next_stream = (stream + 1) % self.num_streams
             if packet["end"]:
@@ -118,7 +127,7 @@ class WebSource:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "webdataset" or state["num_streams"] != self.num_streams:
-            raise ValueError(f"dataset {self.dataset.name!r}: data state was saved with "
+            raise ValueError(f"dataset {self.name!r}: data state was saved with "
                              f"{state.get('num_streams')} streams (num_workers), this loader has "
                              f"{self.num_streams}; resume with the same num_workers")
         self.close()
@@ -164,18 +173,24 @@ class _BatchPlan(Sampler):
 class _MapBatches(Dataset):
     """Worker side: loads a planned batch, drops (and counts) unreadable samples."""
 
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset, name: str, seed: int):
+        self.dataset, self.name, self.seed = dataset, name, seed
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, plan):
         epoch, b, indices = plan
-        samples, counter = [], skips.SkipCounter(self.dataset.name, keep_details=KEEP_DETAILS)
+        samples, counter = [], skips.SkipCounter(self.name, keep_details=KEEP_DETAILS)
+        load = getattr(self.dataset, "load", None)
         for i in indices:
+            seed = mix_seed(self.seed, epoch, i)
             try:
-                samples.append(self.dataset.load(i, seed=mix_seed(self.seed, epoch, i)))
+                if load is not None:
+                    samples.append(load(i, seed=seed))
+                else:  # any map-style dataset: its randomness is seeded per sample all the same
+                    with cpu_rng_scope(seed):
+                        samples.append(self.dataset[i])
             except skips.SkipSample as exn:
                 counter.add(exn.reason, exn.detail)
         return {"batch": default_collate(samples) if samples else None, "epoch": epoch, "batch_number": b,
@@ -183,31 +198,29 @@ class _MapBatches(Dataset):
 
 
 class MapSource:
-    def __init__(self, dataset, *, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
-        self.dataset, self.batch_size, self.num_workers = dataset, batch_size, num_workers
+    def __init__(self, dataset, *, name, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
+        self.name, self.dataset, self.batch_size, self.num_workers = name, dataset, batch_size, num_workers
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.on_skips, self.pin_memory = on_skips, pin_memory
-        name = getattr(dataset, "name", type(dataset).__name__)
         if len(dataset) // world_size < batch_size:
-            raise ValueError(f"dataset {name!r} has {len(dataset)} samples, fewer than batch_size {batch_size} "
+            raise ValueError(f"dataset {self.name!r} has {len(dataset)} samples, fewer than batch_size {batch_size} "
                              f"x world_size {world_size}: no full batch per rank")
-        if not hasattr(dataset, "load"):
-            raise TypeError(f"dataset {name!r}: map-style datasets need load(index, seed) -> sample")
         self.epoch, self.batch = 0, 0
         self._it = None
 
     def _start(self) -> None:
         plan = _BatchPlan(len(self.dataset), self.batch_size, self.rank, self.world_size, self.seed,
                           self.epoch, self.batch)
-        self._it = iter(DataLoader(_MapBatches(self.dataset, self.seed), batch_size=None, sampler=plan,
-                                   num_workers=self.num_workers, collate_fn=_identity, pin_memory=self.pin_memory))
+        self._it = iter(DataLoader(_MapBatches(self.dataset, self.name, self.seed), batch_size=None, sampler=plan,
+                                   num_workers=self.num_workers, collate_fn=_identity, pin_memory=self.pin_memory,
+                                   generator=_private_generator()))
 
     def next_batch(self) -> dict:
         while True:
             if self._it is None:
                 self._start()
             packet = next(self._it)
-            self.on_skips(self.dataset.name, packet["skips"], packet["details"])
+            self.on_skips(self.name, packet["skips"], packet["details"])
             self.epoch, self.batch = packet["epoch"], packet["batch_number"] + 1
             if packet["batch"] is not None:
                 return packet["batch"]
@@ -217,7 +230,7 @@ class MapSource:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "map":
-            raise ValueError(f"dataset {self.dataset.name!r}: data state is not a map-style position: {state}")
+            raise ValueError(f"dataset {self.name!r}: data state is not a map-style position: {state}")
         self.close()
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 
