@@ -1,0 +1,229 @@
+"""The tiny world's frozen language model: a SentencePiece tokenizer and a small ``LlamaForCausalLM``
+pretrained on the world's language, saved as a Hugging Face folder (loaded with ``from_pretrained``).
+
+The pretraining text states an object list first and then talks about it (a caption, a description, or a
+stage-2 style conversation where the list sits where the image goes), so the frozen model learns to copy
+from its context; image tokens later only have to imitate that list. Every sequence is tokenized segment
+by segment exactly as :class:`~minigpt4.models.MiniGPT4` tokenizes its inputs.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from minigpt4.tiny_world import text as T
+from minigpt4.tiny_world.scenes import WorldSpec
+from minigpt4.tiny_world.write import scenes
+
+log = logging.getLogger(__name__)
+
+USER_SYMBOLS = ["###", "<Img>", "</Img>", "<ImageHere>", "$$"]
+CAPTION_CUE = " caption:"
+DESCRIPTION_CUE = " description:"
+
+
+@dataclass(frozen=True)
+class LMSpec:
+    seed: int = 0
+    vocab_size: int = 512
+    hidden_size: int = 128
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 384
+    batch_size: int = 32
+    lr: float = 2e-3
+    max_steps: int = 2400
+    min_steps: int = 600
+    eval_every: int = 200
+    gate: float = 0.97  # text-only copy accuracy (captions and conversations) needed to stop early
+    world: WorldSpec = WorldSpec()
+
+
+# --------------------------------------------------------------------------- tokenizer
+def tokenizer_corpus(seed: int, world: WorldSpec, n: int = 3000) -> list[str]:
+    rng = random.Random(f"{seed}/spm")
+    lines = []
+    for s in scenes(seed, "spm", n, world):
+        lines.append(T.header(s) + CAPTION_CUE + " " + T.caption(s))
+        lines.append(T.conversation_prompt(rng.choice(T.INSTRUCTIONS), T.header(s)) + T.description(s) + T.END_SYM)
+    return lines
+
+
+def write_tokenizer(folder: Path, spec: LMSpec) -> None:
+    """Train SentencePiece once (fixed corpus and seed) and write a Llama tokenizer folder."""
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    spm.set_random_generator_seed(spec.seed)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(tokenizer_corpus(spec.seed, spec.world)), model_writer=model,
+        vocab_size=spec.vocab_size, model_type="bpe", user_defined_symbols=USER_SYMBOLS, byte_fallback=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, num_threads=1, minloglevel=2,
+        hard_vocab_limit=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+    token = lambda s: {"__type": "AddedToken", "content": s, "lstrip": False, "normalized": True,  # noqa: E731
+                       "rstrip": False, "single_word": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
+        "bos_token": token("<s>"), "eos_token": token("</s>"), "unk_token": token("<unk>"), "pad_token": None,
+        "clean_up_tokenization_spaces": False, "model_max_length": 256, "sp_model_kwargs": {}}, indent=1))
+    (folder / "special_tokens_map.json").write_text(json.dumps(
+        {k: {kk: vv for kk, vv in token(v).items() if kk != "__type"}
+         for k, v in (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"))}, indent=1))
+
+
+def sentencepiece_size(folder: Path) -> int:
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).get_piece_size()
+
+
+# --------------------------------------------------------------------------- pretraining text
+class Segmenter:
+    """Tokenizes text segments like MiniGPT4 (``add_special_tokens=False``), with a cache."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, s: str) -> list[int]:
+        ids = self.cache.get(s)
+        if ids is None:
+            ids = self.cache[s] = self.tok(s, add_special_tokens=False).input_ids
+        return ids
+
+
+def caption_context(seg: Segmenter, scene) -> list[int]:
+    return [seg.tok.bos_token_id] + seg(T.header(scene) + CAPTION_CUE)
+
+
+def chat_context(seg: Segmenter, scene, instruction: str) -> list[int]:
+    before, after = T.conversation_prompt(instruction).split("<ImageHere>")
+    return [seg.tok.bos_token_id] + seg(before) + seg(T.header(scene)) + seg(after)
+
+
+def sequence(seg: Segmenter, scene, kind: str, rng: random.Random) -> list[int]:
+    eos = seg.tok.eos_token_id
+    if kind == "caption":
+        return caption_context(seg, scene) + seg(T.caption(scene) + "\n") + [eos]
+    if kind == "description":
+        return [seg.tok.bos_token_id] + seg(T.header(scene) + DESCRIPTION_CUE) + seg(T.description(scene) + "\n") + [eos]
+    return chat_context(seg, scene, rng.choice(T.INSTRUCTIONS)) + seg(T.description(scene) + T.END_SYM) + [eos]
+
+
+KINDS = (("caption", 0.4), ("description", 0.2), ("chat", 0.4))
+
+
+def batch_tensors(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+    labels = ids.masked_fill(att == 0, -100)
+    labels[:, 0] = -100
+    return ids, att, labels
+
+
+# --------------------------------------------------------------------------- copy accuracy (the gate)
+@torch.no_grad()
+def greedy(model, contexts: list[list[int]], pad_id: int, max_new_tokens: int, stop_ids: set[int]) -> list[list[int]]:
+    """Plain greedy decoding with a KV cache over left-padded contexts."""
+    width = max(len(c) for c in contexts)
+    ids = torch.tensor([[pad_id] * (width - len(c)) + c for c in contexts])
+    att = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+    out = model.generate(input_ids=ids, attention_mask=att, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=pad_id, eos_token_id=sorted(stop_ids), temperature=None, top_p=None, top_k=None)
+    return [row[width:].tolist() for row in out]
+
+
+def copy_accuracy(model, tokenizer, test_scenes) -> dict[str, float]:
+    seg = Segmenter(tokenizer)
+    pad = tokenizer.convert_tokens_to_ids("$$")
+    nl = seg("\n")[-1]
+    stops = {tokenizer.eos_token_id, nl, tokenizer.convert_tokens_to_ids("###")}
+    caps = greedy(model, [caption_context(seg, s) for s in test_scenes], pad, 24, stops)
+    chats = greedy(model, [chat_context(seg, s, T.INSTRUCTIONS[i % 4]) for i, s in enumerate(test_scenes)],
+                   pad, 64, stops)
+    cap_ok = [T.caption_correct(tokenizer.decode(c, skip_special_tokens=True), s) for c, s in zip(caps, test_scenes)]
+    chat_ok = [T.description_matches(T.parse_description(tokenizer.decode(c, skip_special_tokens=True)
+                                                          .split("###")[0]), s) for c, s in zip(chats, test_scenes)]
+    return {"caption": sum(cap_ok) / len(cap_ok), "chat": sum(chat_ok) / len(chat_ok)}
+
+
+# --------------------------------------------------------------------------- pretraining
+def build_lm(spec: LMSpec, vocab: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+                      num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+                      num_key_value_heads=spec.num_heads, max_position_embeddings=256, tie_word_embeddings=True,
+                      bos_token_id=1, eos_token_id=2, pad_token_id=0, rms_norm_eps=1e-6)
+    return LlamaForCausalLM(cfg)
+
+
+def lr_at(step: int, spec: LMSpec) -> float:
+    warm = 100
+    if step < warm:
+        return spec.lr * (step + 1) / warm
+    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / (spec.max_steps - warm)))))
+
+
+def pretrain_lm(folder: Path, spec: LMSpec, threads: int = 1, progress=None) -> dict:
+    """Tokenizer + LM into ``folder`` (a Hugging Face folder). Stops at ``max_steps`` or, after
+    ``min_steps``, as soon as text-only copy accuracy reaches ``gate`` (checked every ``eval_every``)."""
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(spec.seed)
+    folder = Path(folder)
+    write_tokenizer(folder, spec)
+    tok = AutoTokenizer.from_pretrained(str(folder))
+    if len(tok) != sentencepiece_size(folder):
+        raise RuntimeError(f"{folder}: tokenizer has {len(tok)} tokens, SentencePiece model {sentencepiece_size(folder)}")
+    seg, rng = Segmenter(tok), random.Random(f"{spec.seed}/lm")
+    pad = tok.convert_tokens_to_ids("$$")
+    pool = scenes(spec.seed, "lm", 20000, spec.world)
+    test = scenes(spec.seed, "lm-test", 100, spec.world)
+    model = build_lm(spec, len(tok))
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    rest = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
+                            lr=spec.lr, betas=(0.9, 0.98))
+    kinds, weights = zip(*KINDS)
+    history, step = [], 0
+    for step in range(1, spec.max_steps + 1):
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step - 1, spec)
+        seqs = [sequence(seg, rng.choice(pool), rng.choices(kinds, weights)[0], rng) for _ in range(spec.batch_size)]
+        ids, att, labels = batch_tensors(seqs, pad)
+        loss = model(input_ids=ids, attention_mask=att, labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if progress is not None:
+            progress(step, loss.item())
+        if step % spec.eval_every == 0 or step == spec.max_steps:
+            model.eval()
+            acc = copy_accuracy(model, tok, test)
+            history.append({"step": step, "loss": loss.item(), **acc})
+            log.info("LM step %d loss %.3f copy %s", step, loss.item(), acc)
+            if step >= spec.min_steps and min(acc.values()) >= spec.gate:
+                break
+    model.eval()
+    model.save_pretrained(str(folder))
+    report = {"steps": step, "history": history, "copy_accuracy": history[-1] if history else None,
+              "parameters": sum(p.numel() for p in model.parameters()), "spec": asdict(spec)}
+    (folder / "pretraining.json").write_text(json.dumps(report, indent=1))
+    return report
