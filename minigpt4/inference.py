@@ -4,12 +4,15 @@ conversation template and the captioning prompt.
 
 Image processor, in order of preference (the first one present wins):
 
-1. ``preprocess.vis_processor.eval``
-2. ``datasets.<first>.vis_processor.eval``
-3. ``datasets.<first>.vis_processor.train`` (what the original demo reads; the original eval configs set
+1. ``datasets.<first>.vis_processor.eval``
+2. ``datasets.<first>.vis_processor.train`` (what the original demo reads; the original eval configs set
    it to ``blip2_image_eval``). A ``blip2_image_train`` entry is replaced by ``blip2_image_eval`` with
    the same size/mean/std, so inference is always deterministic.
+3. ``preprocess.vis_processor.eval`` (the model type's default YAML brings one), sized to
+   ``model.image_size`` when that is set.
 4. otherwise ``blip2_image_eval`` at ``model.image_size`` (a warning is logged).
+
+A dataset processor whose ``image_size`` differs from ``model.image_size`` is an error naming both keys.
 
 Big models: ``--low-resource`` (8-bit), ``--load-in-4bit`` (bitsandbytes) and ``--device-map auto``
 (accelerate placement across GPUs) are shorthands for ``--options model.low_resource=True`` etc.; all
@@ -96,23 +99,29 @@ def load_model(args):
 
 def vis_processor_config(cfg) -> dict:
     """The processor settings picked as described in the module docstring."""
-    candidates = [OmegaConf.select(cfg, "preprocess.vis_processor.eval")]
+    size = OmegaConf.select(cfg, "model.image_size")
     datasets = cfg.get("datasets") or {}
     if datasets:
         first = next(iter(datasets))
-        candidates += [OmegaConf.select(cfg, f"datasets.{first}.vis_processor.eval"),
-                       OmegaConf.select(cfg, f"datasets.{first}.vis_processor.train")]
-    for entry in candidates:
-        if entry is not None:
+        for split in ("eval", "train"):
+            entry = OmegaConf.select(cfg, f"datasets.{first}.vis_processor.{split}")
+            if entry is None:
+                continue
             entry = dict(OmegaConf.to_container(entry, resolve=True))
             if entry.get("name") == "blip2_image_train":
                 entry = {k: v for k, v in entry.items() if k in ("image_size", "mean", "std")}
                 entry["name"] = "blip2_image_eval"
+            if size is not None and entry.get("image_size", 224) != size:
+                raise UsageError(f"datasets.{first}.vis_processor.{split}.image_size={entry.get('image_size', 224)} "
+                                 f"but model.image_size={size}; the vision tower needs images of its own size")
             return entry
-    size = OmegaConf.select(cfg, "model.image_size") or 224
-    log.warning("no vis_processor in the config (preprocess.vis_processor.eval or datasets.<name>.vis_processor); "
-                "using blip2_image_eval at %d px", size)
-    return {"name": "blip2_image_eval", "image_size": size}
+    entry = OmegaConf.select(cfg, "preprocess.vis_processor.eval")
+    if entry is not None:
+        entry = dict(OmegaConf.to_container(entry, resolve=True))
+        return {**entry, "image_size": size} if size is not None else entry
+    log.warning("no vis_processor in the config (datasets.<name>.vis_processor or preprocess.vis_processor.eval); "
+                "using blip2_image_eval at %d px", size or 224)
+    return {"name": "blip2_image_eval", "image_size": size or 224}
 
 
 def vis_processor_from_config(cfg):

@@ -150,9 +150,26 @@ def test_prompt_and_processor_choice():
     assert inference.caption_prompt(cfg, "What is red?") == "[INST] <Img><ImageHere></Img> What is red? [/INST] "
     assert inference.caption_prompt(cfg, "<ImageHere> as is") == "<ImageHere> as is"
     assert inference.caption_prompt(OmegaConf.create({})) is None  # stage 1: the image alone
-    both = OmegaConf.create({"preprocess": {"vis_processor": {"eval": {"name": "blip2_image_eval", "image_size": 32}}},
+    both = OmegaConf.create({"preprocess": {"vis_processor": {"eval": {"name": "blip2_image_eval", "image_size": 224}}},
                              "datasets": {"cc_sbu_align": {"vis_processor": {"train": {"name": "blip2_image_train",
-                                                                                       "image_size": 64}}}}})
-    assert inference.vis_processor_config(both) == {"name": "blip2_image_eval", "image_size": 32}
-    del both["preprocess"]
+                                                                                       "image_size": 64}}}},
+                             "model": {"image_size": 64}})
     assert inference.vis_processor_config(both) == {"name": "blip2_image_eval", "image_size": 64}
+    both.model.image_size = 112
+    with pytest.raises(inference.UsageError, match="image_size=64 but model.image_size=112"):
+        inference.vis_processor_config(both)
+    del both["datasets"]
+    assert inference.vis_processor_config(both) == {"name": "blip2_image_eval", "image_size": 112}
+
+
+class _Model:
+    def __init__(self, end_sym):
+        self.end_sym = end_sym
+
+    def stop_strings(self):
+        return [self.end_sym.strip()] if self.end_sym.strip() else []
+
+
+def test_caption_stop_strings():
+    assert inference.caption_stop_strings(_Model("###")) == ["###"]
+    assert inference.caption_stop_strings(_Model("\n")) == ["\n"]  # stage-1 captions end with a newline
