@@ -181,3 +181,11 @@ def test_unreadable_image_names_the_file(tmp_path, chat):
         load_image(bad)
     with pytest.raises(ValueError, match="notes.jpg"):
         chat.upload_img(str(bad), CONV_VISION_Vicuna0.copy(), [])
+
+
+def test_beam_search_answers_in_one_piece(chat):
+    kw = dict(num_beams=3, do_sample=True, seed=0, max_new_tokens=10)
+    conv, img_list = started(chat, training_conversation())
+    pieces = list(chat.stream_answer(conv, img_list, **kw))
+    again, imgs = started(chat, training_conversation())
+    assert pieces == [chat.answer(again, imgs, **kw)[0]] and conv.messages == again.messages
