@@ -7,7 +7,9 @@ shards, shuffle buffer 1000) on generated 224 px JPEG shards, with 0 and 2 DataL
 Rounds alternate between the settings (0, 2, 0, 2, ...) and the median is reported, so a noisy,
 shared machine affects both alike; compare the ratio, not the absolute figures. The first batch
 of every round (worker start-up, shuffle buffer fill) is not timed. The main process runs torch
-with one thread, so "0 workers" means one core decoding and augmenting.
+with one thread, so "0 workers" means one core decoding and augmenting. CPU time per sample (this
+process and its workers, whole round including start-up and prefetched batches) does not depend on
+how busy the machine is, and shows what the worker processes cost on top.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import json
 import os
 import platform
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -63,7 +66,15 @@ def build_dataset(storage: str):
     return registry.get_builder_class("laion")(cfg).build_datasets()["train"]
 
 
-def measure(dataset, num_workers: int, batch_size: int, batches: int, seed: int) -> float:
+def _cpu_seconds() -> float:
+    """CPU time of this process plus its finished children (DataLoader workers, once joined)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def measure(dataset, num_workers: int, batch_size: int, batches: int, seed: int) -> tuple[float, float]:
+    """(samples/s over the timed batches, CPU ms per delivered sample over the whole round)."""
+    cpu0 = _cpu_seconds()
     loader = build_train_loader({"laion": dataset}, batch_size=batch_size, num_workers=num_workers, seed=seed)
     try:
         next(loader)  # start-up and shuffle-buffer fill are not timed
@@ -74,7 +85,8 @@ def measure(dataset, num_workers: int, batch_size: int, batches: int, seed: int)
         assert batch["image"].shape == (batch_size, 3, 224, 224)
     finally:
         loader.close()
-    return batches * batch_size / elapsed
+    cpu_ms = (_cpu_seconds() - cpu0) * 1000 / ((batches + 1) * batch_size)
+    return batches * batch_size / elapsed, cpu_ms
 
 
 def main(argv=None) -> int:
@@ -82,7 +94,7 @@ def main(argv=None) -> int:
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--per-shard", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=40, help="timed batches per round")
+    parser.add_argument("--batches", type=int, default=60, help="timed batches per round")
     parser.add_argument("--repeats", type=int, default=3, help="rounds per setting")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -94,11 +106,14 @@ def main(argv=None) -> int:
         size_kb = sum(p.stat().st_size for p in Path(tmp).glob("*.tar")) / 1024 / args.images
         dataset = build_dataset(storage)
         rounds: dict[int, list[float]] = {w: [] for w in args.workers}
+        cpu: dict[int, list[float]] = {w: [] for w in args.workers}
+        load_start = os.getloadavg()[0]
         for r in range(args.repeats):
             for w in args.workers:
-                rate = measure(dataset, w, args.batch_size, args.batches, seed=r)
+                rate, cpu_ms = measure(dataset, w, args.batch_size, args.batches, seed=r)
                 rounds[w].append(rate)
-                print(f"round {r}: {w} workers: {rate:.1f} samples/s", flush=True)
+                cpu[w].append(cpu_ms)
+                print(f"round {r}: {w} workers: {rate:.1f} samples/s, {cpu_ms:.2f} CPU ms/sample", flush=True)
 
     median = {w: statistics.median(v) for w, v in rounds.items()}
     base = median[args.workers[0]]
@@ -111,7 +126,9 @@ def main(argv=None) -> int:
         "samples_per_s": {str(w): round(m, 1) for w, m in median.items()},
         "samples_per_s_rounds": {str(w): [round(x, 1) for x in v] for w, v in rounds.items()},
         "ratio_vs_%d_workers" % args.workers[0]: {str(w): round(m / base, 2) for w, m in median.items()},
-        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
+        "cpu_ms_per_sample": {str(w): round(statistics.median(v), 2) for w, v in cpu.items()},
+        "machine": {"cpus": os.cpu_count(), "load_avg_1m_at_start": round(load_start, 2),
+                    "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
                     "python": platform.python_version(), "torch": torch.__version__},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
