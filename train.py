@@ -53,6 +53,17 @@ def resolve_resume(run, flag: str | None):
     return C.find_resume(target) if target else None
 
 
+def check_resume(path, world_size: int) -> None:
+    """Refuse a file that is not our resume file, or one written by another number of processes, up front."""
+    from minigpt4.common.config import ConfigError
+    from minigpt4.runners import checkpointing as C
+
+    state = C.load_resume(path)
+    if state["world_size"] != world_size:
+        raise ConfigError(f"run.resume_ckpt_path: {path} was written by {state['world_size']} process(es); "
+                          f"resume with the same number (now {world_size})")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from minigpt4.common import dist as D
@@ -73,6 +84,7 @@ def main(argv=None) -> int:
     job_id = D.broadcast_object(run.get("job_id") or new_job_id())
     resume = resolve_resume(run, args.resume)
     if resume is not None:
+        check_resume(resume, info.world_size)
         run.resume_ckpt_path = str(resume)
     out_dir = ensure_writable(job_folder(run, job_id, resume))
     if resume is None and previous_run(out_dir) and info.is_main:

@@ -31,7 +31,7 @@ def test_two_ranks_match_one_process(tmp_path):
 
     w1 = load_file(str(tmp_path / "out" / "one" / "checkpoint_0.safetensors"))
     w2 = load_file(str(tmp_path / "out" / "two" / "checkpoint_0.safetensors"))
-    resume = torch.load(tmp_path / "out" / "two" / "resume.pt", weights_only=False)
+    resume = torch.load(tmp_path / "out" / "two" / "resume.pt", weights_only=True)
     # both ranks held bitwise identical weights, equal to what rank 0 saved
     assert len(resume["weights_digests"]) == 2 and len(set(resume["weights_digests"])) == 1
     assert resume["weights_digests"][0] == weights_digest(w2)

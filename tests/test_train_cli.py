@@ -88,3 +88,10 @@ def test_resume_auto_without_previous_run_starts_fresh(tmp_path):
     from omegaconf import OmegaConf
 
     assert train.resolve_resume(OmegaConf.create(run), "auto") is None
+
+
+def test_resume_from_an_original_checkpoint_is_refused(tmp_path, capsys, no_work):
+    lavis = tmp_path / "checkpoint_3.pth"
+    torch.save({"model": {"llama_proj.weight": torch.zeros(64, 48)}, "optimizer": {}, "epoch": 3}, lavis)
+    code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path), "--resume", str(lavis))
+    assert code == 2 and "is not a resume file written by this library" in line

@@ -90,7 +90,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):
         _train(cfg, rows)
     out = tmp_path / "out" / "job"
     assert (out / "checkpoint_0.safetensors").is_file() and not (out / "checkpoint_1.safetensors").exists()
-    state = torch.load(out / "resume.pt", weights_only=False)
+    state = torch.load(out / "resume.pt", weights_only=True)
     assert state["global_step"] == 2 and state["weights"] == "checkpoint_0.safetensors"
     assert torch.isfinite(load_file(str(out / "checkpoint_0.safetensors"))["llama_proj.weight"]).all()
 
@@ -153,5 +153,5 @@ def test_sigterm_stops_with_a_checkpoint(tmp_path, samples):
     result = runner.train()
     assert result["stopped_at"] == 2
     assert signal.getsignal(signal.SIGTERM) is handler  # restored
-    state = torch.load(tmp_path / "out" / "job" / "resume.pt", weights_only=False)
+    state = torch.load(tmp_path / "out" / "job" / "resume.pt", weights_only=True)
     assert (state["global_step"], state["step"], state["data"][0]) == (2, 2, {"pos": 4})

@@ -30,7 +30,7 @@ def test_mixed_shards_stop_and_resume(tmp_path):
     assert train_in_process(["--cfg-path", str(_config(tmp_path, tmp_path / "full"))]) == 0
     part = _config(tmp_path, tmp_path / "part", max_seconds=0)
     assert train_in_process(["--cfg-path", str(part)]) == 0  # stops after the first step with a checkpoint
-    state = torch.load(tmp_path / "part" / "job" / "resume.pt", weights_only=False)
+    state = torch.load(tmp_path / "part" / "job" / "resume.pt", weights_only=True)
     assert state["global_step"] == 1
     assert train_in_process(["--cfg-path", str(part), "--resume", "auto", "--options", "run.max_seconds=null"]) == 0
     a = load_file(str(tmp_path / "full" / "job" / "checkpoint_1.safetensors"))

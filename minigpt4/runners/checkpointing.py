@@ -35,7 +35,11 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
 
 
 def capture_rng() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG a step can touch, as plain Python/tensor values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.copy()), int(pos), int(has_gauss),
+                                                    float(cached)),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -43,7 +47,8 @@ def capture_rng() -> dict:
 
 def restore_rng(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -91,8 +96,10 @@ def find_latest(output_dir: str | Path) -> Path | None:
 
 def load_resume(path: str | Path) -> dict:
     path = find_resume(path)
-    # the file holds optimizer/RNG state (numpy arrays, tuples): it is our own file, written by save_resume
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not ours, or a foreign pickle: never unpickle arbitrary objects
+        raise ValueError(f"{path} is not a resume file written by this library ({type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path} is not a resume file written by this library (format {FORMAT_VERSION})")
     weights = path.parent / state["weights"]
