@@ -28,12 +28,17 @@ import sys
 import torch
 from omegaconf import OmegaConf
 
-from minigpt4.conversation.conversation import CONV_DICT, CONV_VISION_Vicuna0, Conversation, training_conversation
+from minigpt4.conversation.conversation import (
+    CONV_DICT,
+    CONV_VISION_Vicuna0,
+    IMAGE_MESSAGE,
+    Conversation,
+    training_conversation,
+)
 from minigpt4.models.prompting import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
-IMAGE_MESSAGE = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
 DEFAULT_INSTRUCTION = "Describe this image in detail."
 TEMPLATES = ("auto", "training", "vicuna0", "llama2")
 
