@@ -6,6 +6,11 @@ function of (seed, epoch, batch number) and a webdataset batch of (seed, rank, s
 augmentation is seeded per sample. ``state_dict()`` records positions of what was *consumed* (not
 what workers prefetched), so a restored loader yields exactly the batches an uninterrupted one
 would have. Skip counts travel inside the packets workers send, so they are exact.
+
+Cost of resuming: a map-style dataset starts at its saved (epoch, batch) directly; a webdataset
+stream re-reads, without decoding, the raw samples it had consumed (the shuffle buffer's content
+depends on them), i.e. a few GB of tar per worker after a long stage-1 run. Resuming needs the same
+seed, rank, world size and ``num_workers``; anything else is refused with the reason.
 """
 from __future__ import annotations
 
