@@ -1,11 +1,15 @@
 """Dataset builders: webdataset shards (laion, cc_sbu), the cc_sbu_align folder, bad data, configs."""
 from __future__ import annotations
 
+import json
 import logging
+import random
+import tarfile
 from pathlib import Path
 
 import pytest
 import torch
+import webdataset as wds
 from omegaconf import OmegaConf
 
 import minigpt4  # noqa: F401  (registers the builders)
@@ -14,7 +18,7 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets import CCSBUAlignDataset, WebImageTextDataset, build_train_loader
 from minigpt4.datasets.skips import SkipCounter
 from minigpt4.processors import normalize_caption
-from shard_utils import answer_for, truncate_inside_member, write_align, write_shards
+from shard_utils import answer_for, jpeg_bytes, truncate_inside_member, write_align, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 PROC = {"vis_processor": {"train": {"name": "blip2_image_train", "image_size": 32}},
@@ -95,13 +99,6 @@ def test_missing_processor_is_a_clear_error(tmp_path):
 
 
 def test_caption_falls_back_to_txt(tmp_path):
-    import json
-
-    import webdataset as wds
-
-    from shard_utils import jpeg_bytes
-    import random
-
     rng = random.Random(0)
     with wds.TarWriter(str(tmp_path / "00000.tar")) as sink:
         sink.write({"__key__": "a", "jpg": jpeg_bytes(rng), "json": b"{not json", "txt": "From TXT one"})
@@ -139,8 +136,6 @@ def test_bad_data_is_skipped_and_counted_exactly(tmp_path, num_workers):
 
 
 def test_tar_cut_at_a_header_boundary_is_detected(tmp_path):
-    import tarfile
-
     write_shards(tmp_path, 1, 10)
     path = tmp_path / "00000.tar"
     with tarfile.open(path) as tar:
