@@ -30,3 +30,14 @@ def test_cuda_request_without_cuda_falls_back_to_cpu(monkeypatch, caplog):
         assert D.resolve_device("cuda") == torch.device("cpu")
     assert "run.device='cuda' but CUDA is not available" in caplog.text
     assert D.resolve_device(None) == torch.device("cpu")
+
+
+def test_multi_process_launch_with_distributed_false_is_an_error(monkeypatch):
+    import pytest
+
+    from minigpt4.common.config import ConfigError
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="run.distributed is False"):
+        D.init_distributed_mode(OmegaConf.create({"distributed": False, "device": "cpu"}))

@@ -64,9 +64,12 @@ def init_distributed_mode(run_cfg) -> DistInfo:
     """Read the launcher environment, pick the device and (when world size > 1) join the process group."""
     env = launcher_env() if run_cfg.get("distributed", False) else None
     if env is None:
-        if launcher_env() is not None and int(os.environ.get("WORLD_SIZE", 1)) > 1:
-            log.warning("launched with WORLD_SIZE=%s but run.distributed is False: every process trains alone",
-                        os.environ["WORLD_SIZE"])
+        launched = launcher_env()
+        if launched is not None and launched[1] > 1:
+            from minigpt4.common.config import ConfigError
+
+            raise ConfigError(f"run.distributed is False but the launcher started {launched[1]} processes; set "
+                              "run.distributed: True (or launch one process)")
         return DistInfo(device=resolve_device(run_cfg.get("device")))
     rank, world_size, local_rank = env
     device = resolve_device(run_cfg.get("device"), local_rank)
