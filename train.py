@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     from minigpt4.common.logging import setup_logger
     from minigpt4.common.registry import registry
     from minigpt4.runners.output import ensure_writable, job_folder, new_job_id, previous_run
-    from minigpt4.runners.preflight import check_model_files
+    from minigpt4.runners.preflight import check_model_files, check_run
     from minigpt4.tasks import setup_task
 
     setup_logger(int(os.environ.get("RANK", 0)))
@@ -90,6 +90,7 @@ def main(argv=None) -> int:
     if resume is None and previous_run(out_dir) and info.is_main:
         log.warning("%s already holds a run; a new run overwrites its checkpoints (continue it with --resume auto)",
                     out_dir)
+    check_run(run)
     check_model_files(cfg.model_cfg)
     if info.is_main:
         cfg.pretty_print()

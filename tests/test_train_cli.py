@@ -95,3 +95,20 @@ def test_resume_from_an_original_checkpoint_is_refused(tmp_path, capsys, no_work
     torch.save({"model": {"llama_proj.weight": torch.zeros(64, 48)}, "optimizer": {}, "epoch": 3}, lavis)
     code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path), "--resume", str(lavis))
     assert code == 2 and "is not a resume file written by this library" in line
+
+
+@pytest.mark.parametrize("key,value,message", [("lr_sched", "linear_warmup_cosine", "run.lr_sched"),
+                                               ("runner", "runner_fast", "run.runner"),
+                                               ("iters_per_epoch", 0, "run.iters_per_epoch must be >= 1")])
+def test_bad_run_values_before_any_work(tmp_path, capsys, no_work, key, value, message):
+    cfg = _cfg(tmp_path)
+    cfg["run"][key] = value
+    code, line, _ = _cli(tmp_path, capsys, cfg)
+    assert code == 2 and message in line
+
+
+def test_missing_required_run_key(tmp_path, capsys, no_work):
+    cfg = _cfg(tmp_path)
+    del cfg["run"]["init_lr"]
+    code, line, _ = _cli(tmp_path, capsys, cfg)
+    assert code == 2 and "run.init_lr is required" in line

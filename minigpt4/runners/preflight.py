@@ -46,3 +46,25 @@ def check_model_files(model_cfg) -> None:
         raise CheckpointError(f"model.ckpt {path}: llama_proj.weight is {list(shape)}, made for an LLM with hidden "
                               f"size {shape[0]}, but model.llama_model has hidden size {hidden}; use the "
                               "checkpoint trained for this LLM")
+
+
+REQUIRED_RUN_KEYS = ("task", "init_lr", "min_lr", "max_epoch", "iters_per_epoch", "batch_size_train", "output_dir")
+
+
+def check_run(run_cfg) -> None:
+    """Required ``run`` keys are present and the named task, runner and LR schedule exist."""
+    from minigpt4.common.config import ConfigError
+    from minigpt4.common.registry import registry
+
+    for key in REQUIRED_RUN_KEYS:
+        if run_cfg.get(key) is None:
+            raise ConfigError(f"run.{key} is required for training")
+    for key, kind, default in (("task", "task", None), ("runner", "runner", "runner_base"),
+                               ("lr_sched", "lr_scheduler", "linear_warmup_cosine_lr")):
+        try:
+            getattr(registry, f"get_{kind}_class")(run_cfg.get(key, default))
+        except KeyError as e:
+            raise ConfigError(f"run.{key}: {e.args[0]}") from None
+    for key in ("max_epoch", "iters_per_epoch", "batch_size_train"):
+        if run_cfg.get(key) < 1:
+            raise ConfigError(f"run.{key} must be >= 1, got {run_cfg.get(key)}")
