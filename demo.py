@@ -178,7 +178,7 @@ class DemoApp:
                     text = gr.Textbox(label="User", placeholder=IDLE_PLACEHOLDER, interactive=False, elem_id="user")
             model_events = dict(concurrency_id="model", concurrency_limit=1)
             upload.click(self.upload, [image, session], [session, text, chatbot], **model_events)
-            text.submit(self.ask, [text, session], [text, session, chatbot], queue=False).then(
+            text.submit(self.ask, [text, session], [text, session, chatbot]).then(
                 self.answer, [session, num_beams, temperature], [session, chatbot], **model_events)
             restart.click(self.restart, None, [session, chatbot, image, text], queue=False)
         return demo

@@ -207,7 +207,18 @@ def pages(chromium, server, tmp_path):
 def test_upload_ask_and_read_the_streamed_answer(pages, expected, tmp_path):
     page = pages()
     assert not page.find("#user textarea").is_enabled()  # disabled until an image is uploaded
+    not_an_image = tmp_path / "holiday.png"
+    not_an_image.write_text("these are words, not pixels")
+    page.find("#image input[type=file]").send_keys(str(not_an_image))
+    time.sleep(1)
+    page.find("#upload").click()
+    page.wait_for(lambda: "not an image I can read" in page.find("body").get_attribute("innerText"),
+                  "the warning about a non-image file")
+    assert not page.find("#user textarea").is_enabled() and page.texts("user") == []
     page.upload(IMAGES[0], 1)
+    page.ask("   ")  # only spaces
+    page.wait_for(lambda: "Input should not be empty!" in page.find("body").get_attribute("innerText"),
+                  "the warning about an empty message")
     page.ask("What is in this picture?")
     want = expected([(0, "What is in this picture?")])[0]
     assert want and page.wait_answer(1, want)
