@@ -189,3 +189,12 @@ def test_beam_search_answers_in_one_piece(chat):
     pieces = list(chat.stream_answer(conv, img_list, **kw))
     again, imgs = started(chat, training_conversation())
     assert pieces == [chat.answer(again, imgs, **kw)[0]] and conv.messages == again.messages
+
+
+def test_a_stream_closed_early_leaves_no_half_turn(chat):
+    conv, img_list = started(chat, CONV_VISION_Vicuna0)
+    before = [list(m) for m in conv.messages]
+    stream = chat.stream_answer(conv, img_list, **GREEDY)
+    next(stream)
+    stream.close()
+    assert conv.messages == before

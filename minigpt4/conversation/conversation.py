@@ -212,7 +212,7 @@ class Chat:
 
         try:
             ids = yield from stream_generation(self.model.llama_tokenizer, generate, stops, timeout=timeout)
-        except Exception:
+        except BaseException:  # includes the consumer closing the stream early
             conv.messages.pop()
             raise
         conv.messages[-1][1] = self.model.decode(ids[0], stop_strings=stops)
