@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from minigpt4 import inference
 from minigpt4.caption_io import Item, JsonlOutput, ShardErrors, folder_items, shard_items
@@ -56,6 +57,7 @@ class Captioner:
         self.prompt, self.batch_size, self.gen_kwargs = prompt, batch_size, gen_kwargs
         self.pending: list[tuple[Item, torch.Tensor | None, str | None]] = []
         self.counts = {"captioned": 0, "errors": 0, "skipped_done": 0}
+        self.on_written = lambda n: None  # progress callback: rows written
 
     def add(self, item: Item) -> None:
         pixels, error = None, item.error
@@ -89,6 +91,7 @@ class Captioner:
                 self.counts["errors"] += 1
             rows.append(row)
         self.output.write(rows)
+        self.on_written(len(rows))
         self.pending = []
 
 
@@ -114,11 +117,13 @@ def run(args) -> dict:
     captioner = Captioner(model, vis_processor, output, prompt, args.batch_size, gen_kwargs)
     seen: set[str] = set()
     try:
-        with tqdm(total=total, unit="img", disable=args.no_progress, desc="captioning") as bar:
+        with logging_redirect_tqdm(), tqdm(total=total, unit="img", disable=args.no_progress,
+                                           desc="captioning") as bar:
+            captioner.on_written = bar.update
             for item in items:
-                bar.update(1)
                 if item.key in output.done:
                     captioner.counts["skipped_done"] += 1
+                    bar.update(1)
                     continue
                 if item.key in seen:
                     item.error = "duplicate key (an earlier sample has the same key)"
