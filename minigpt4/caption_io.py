@@ -82,7 +82,8 @@ def shard_items(pattern: str, errors: ShardErrors) -> Iterator[Item]:
     urls = list(braceexpand(pattern))
     missing = [u for u in urls if "://" not in u and not Path(u).exists()]
     if missing:
-        raise FileNotFoundError(f"--images {pattern}: {len(missing)} shard(s) do not exist, e.g. {missing[0]}")
+        raise FileNotFoundError(f"--images {pattern}: not a folder, and {len(missing)} shard(s) do not exist, "
+                                f"e.g. {missing[0]}")
     return _samples(wds.WebDataset(urls, shardshuffle=False, handler=errors, empty_check=False), pattern)
 
 
