@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,10 +77,16 @@ def subprocess_env() -> dict:
     return env
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_train(args: list[str], cwd: Path, nproc: int = 1, timeout: float = 300, **popen) -> subprocess.CompletedProcess:
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-               "--master-port", str(29500 + os.getpid() % 1000), str(REPO / "train.py"), *args]
+               "--master-port", str(free_port()), str(REPO / "train.py"), *args]
     else:
         cmd = [sys.executable, str(REPO / "train.py"), *args]
     return subprocess.run(cmd, cwd=cwd, env=subprocess_env(), capture_output=True, text=True, timeout=timeout,
