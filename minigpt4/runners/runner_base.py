@@ -207,7 +207,8 @@ class RunnerBase:
         self._t_start = time.perf_counter()
         self._terminate = False
         last = {}
-        previous = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        stop_signals = (signal.SIGTERM, signal.SIGINT) if _main_thread() else ()
+        previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in stop_signals}
         try:
             while epoch < self.max_epoch:
                 stopped, global_step, sums, stats = self._train_epoch(epoch, step, global_step, sums)
@@ -217,8 +218,8 @@ class RunnerBase:
                     break
                 epoch, step, sums = epoch + 1, 0, [0.0, 0.0, 0]
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if self.reporter is not None:
                 self.reporter.close()
             if self._loader is not None and hasattr(self._loader, "close"):
@@ -236,8 +237,11 @@ class RunnerBase:
             log.info("epoch %d: %s", epoch, stats)
         return stats
 
-    def _on_sigterm(self, signum, frame) -> None:
-        log.warning("SIGTERM: stopping at the next optimizer step with a checkpoint")
+    def _on_stop_signal(self, signum, frame) -> None:
+        """SIGTERM/Ctrl-C: checkpoint at the next optimizer step and stop; a second Ctrl-C aborts at once."""
+        if signum == signal.SIGINT and self._terminate:
+            raise KeyboardInterrupt
+        log.warning("%s: stopping at the next optimizer step with a checkpoint", signal.Signals(signum).name)
         self._terminate = True
 
     def _train_epoch(self, epoch: int, start: int, global_step: int, sums: list):
@@ -276,7 +280,7 @@ class RunnerBase:
                     if stats or stop or (self.save_every and global_step % self.save_every == 0):
                         self.save_checkpoint(epoch, i + 1, global_step, sums)
                     if stop:
-                        log.warning("stopped at global step %d (run.max_seconds=%s or SIGTERM); continue with "
+                        log.warning("stopped at global step %d (run.max_seconds=%s or a stop signal); continue with "
                                     "--resume auto", global_step, self.max_seconds)
                         return True, global_step, sums, stats
         finally:
