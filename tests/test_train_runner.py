@@ -155,3 +155,23 @@ def test_sigterm_stops_with_a_checkpoint(tmp_path, samples):
     assert signal.getsignal(signal.SIGTERM) is handler  # restored
     state = torch.load(tmp_path / "out" / "job" / "resume.pt", weights_only=True)
     assert (state["global_step"], state["step"], state["data"][0]) == (2, 2, {"pos": 4})
+
+
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")
+def test_amp_selection():
+    """fp16 gets a GradScaler, bf16 none, CPU ignores AMP, an unknown dtype names the key."""
+    from types import SimpleNamespace
+
+    from minigpt4.common.config import ConfigError
+
+    def amp(device, **run):
+        return RunnerBase._setup_amp(SimpleNamespace(run=OmegaConf.create({"amp": True, **run}),
+                                                     device=torch.device(device)))
+
+    assert amp("cpu") == (None, None)
+    dtype, scaler = amp("cuda", amp_dtype="bfloat16")
+    assert dtype == torch.bfloat16 and scaler is None
+    dtype, scaler = amp("cuda")
+    assert dtype == torch.float16 and isinstance(scaler, torch.amp.GradScaler)
+    with pytest.raises(ConfigError, match="run.amp_dtype"):
+        amp("cuda", amp_dtype="fp8")
