@@ -1,0 +1,55 @@
+"""Sizes and schedules of the tiny world: ``full`` (the documented run) and ``test`` (a shrunken run for
+the test suite: smaller backbones, fewer steps, same code path)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from minigpt4.tiny_world.lm import LMSpec
+from minigpt4.tiny_world.scenes import WorldSpec
+from minigpt4.tiny_world.vision import VisionSpec
+from minigpt4.tiny_world.write import DataSpec
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    data: DataSpec
+    vision: VisionSpec
+    lm: LMSpec
+    stage1: dict = field(default_factory=dict)  # --options for train.py (run.* schedule)
+    stage2: dict = field(default_factory=dict)
+    eval_images: int = 200
+
+    def model_options(self) -> dict:
+        """Model sizes for the train/eval configs (the YAMLs hold the ``full`` sizes)."""
+        v = self.vision
+        return {"model.image_size": v.world.image_size, "model.num_query_token": v.num_query_token,
+                **{f"model.vit_config.{k}": x for k, x in v.vit_config().items()},
+                **{f"model.qformer_config.{k}": x for k, x in v.qformer_config().items()}}
+
+
+WORLD = WorldSpec()
+
+FULL = Preset(
+    name="full",
+    data=DataSpec(seed=0, laion_images=8000, shard_size=1000, align_images=1000, eval_images=200, world=WORLD),
+    vision=VisionSpec(seed=0, world=WORLD),
+    lm=LMSpec(seed=0, world=WORLD),
+    stage1={},  # the schedules of train_configs/tiny_stage{1,2}.yaml
+    stage2={},
+    eval_images=200,
+)
+
+TEST = Preset(
+    name="test",
+    data=DataSpec(seed=0, laion_images=1200, shard_size=300, align_images=120, eval_images=60, world=WORLD),
+    vision=VisionSpec(seed=0, hidden_size=64, num_layers=2, intermediate_size=256, qformer_layers=1,
+                      max_steps=400, min_steps=400, eval_every=200, world=WORLD),
+    lm=LMSpec(seed=0, hidden_size=96, num_layers=2, intermediate_size=256, max_steps=500, min_steps=500,
+              eval_every=250, world=WORLD),
+    stage1={"run.max_epoch": 1, "run.iters_per_epoch": 200},
+    stage2={"run.max_epoch": 1, "run.iters_per_epoch": 60},
+    eval_images=60,
+)
+
+PRESETS = {p.name: p for p in (FULL, TEST)}
