@@ -48,7 +48,7 @@ TEST = Preset(
     lm=LMSpec(seed=0, hidden_size=96, num_layers=2, intermediate_size=256, max_steps=500, min_steps=500,
               eval_every=250, world=WORLD),
     stage1={"run.max_epoch": 1, "run.iters_per_epoch": 200},
-    stage2={"run.max_epoch": 1, "run.iters_per_epoch": 60},
+    stage2={"run.max_epoch": 1, "run.iters_per_epoch": 100, "run.batch_size_train": 8, "run.warmup_steps": 20},
     eval_images=60,
 )
 
