@@ -40,7 +40,7 @@ class LMSpec:
     batch_size: int = 32
     lr: float = 2e-3
     max_steps: int = 1600
-    min_steps: int = 600
+    min_steps: int = 1600  # the whole schedule: an annealed LM reads image tokens more reliably
     eval_every: int = 200
     gate: float = 0.97  # text-only copy accuracy (captions and conversations) needed to stop early
     world: WorldSpec = WorldSpec()

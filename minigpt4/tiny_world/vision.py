@@ -26,7 +26,7 @@ from minigpt4.tiny_world.write import JPEG_QUALITY
 
 log = logging.getLogger(__name__)
 KINDS = [(c, s) for c in COLOURS for s in SHAPES]
-GATED = ("colour", "shape", "size")  # what the world's language states; column and presence are reported
+GATED = ("colour", "shape", "size", "column")  # per slot; the multi-hot presence head is only reported
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class VisionSpec:
     max_steps: int = 2000
     min_steps: int = 400
     eval_every: int = 200
-    gate: float = 0.99  # colour, shape and size (per slot) at least this accurate on held-out images to stop early
+    gate: float = 0.99  # colour, shape, size and column (per slot) this accurate on held-out images to stop early
     world: WorldSpec = field(default_factory=WorldSpec)
 
     def vit_config(self) -> dict:
