@@ -76,7 +76,7 @@ def load_model(out: Path, preset, ckpt: Path | None, seed: int = 42):
 
     options = {**model_paths(out), **preset.model_options(), "model.ckpt": str(ckpt) if ckpt else None}
     cfg = Config.load(CONFIGS["eval"], options=[f"{k}={'null' if v is None else v}" for k, v in options.items()])
-    torch.manual_seed(seed)  # the same initialisation train.py draws for rank 0
+    torch.manual_seed(seed)  # a fixed, reproducible initialisation of llama_proj (the control)
     model = MiniGPT4.from_config(cfg.model_cfg, device="cpu")
     processor = build_processor(cfg.config.datasets.cc_sbu_align.vis_processor.train)
     return model, processor
