@@ -35,23 +35,14 @@ FIXTURE = ROOT / "tests" / "fixtures" / "minigpt4_tiny"
 
 
 def fixture_config() -> dict:
-    """A config for the golden fixture's micro model (sizes from its config.json)."""
-    c = json.loads((FIXTURE / "config.json").read_text())
-    ve, q = c["vision_encoder"], c["qformer"]
-    return {"model": {
-        "arch": "minigpt4", "vit_ckpt": str(FIXTURE / "eva_vit.pth"),
-        "q_former_model": str(FIXTURE / "blip2_qformer.pth"), "llama_model": str(FIXTURE / "llm"),
-        "ckpt": str(FIXTURE / "minigpt4_proj.pth"), "image_size": ve["img_size"],
-        "vit_config": {"hidden_size": ve["embed_dim"], "intermediate_size": ve["mlp_hidden"],
-                       "num_hidden_layers": ve["depth"], "num_attention_heads": ve["num_heads"],
-                       "patch_size": ve["patch_size"]},
-        "qformer_config": {"hidden_size": q["hidden_size"], "num_hidden_layers": q["num_hidden_layers"],
-                           "num_attention_heads": q["num_attention_heads"],
-                           "intermediate_size": q["intermediate_size"],
-                           "cross_attention_frequency": q["cross_attention_freq"],
-                           "layer_norm_eps": q["layer_norm_eps"]},
-        "num_query_token": q["num_query_token"], "prompt_template": "###Human: {} ###Assistant: ", "end_sym": "###"},
-        "preprocess": {"vis_processor": {"eval": {"name": "blip2_image_eval", "image_size": ve["img_size"]}}}}
+    """A config for the golden fixture's micro model (the one the tests use)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fixture_utils import model_cfg
+
+    model = OmegaConf.to_container(model_cfg(FIXTURE))
+    model.update({"prompt_template": "###Human: {} ###Assistant: ", "end_sym": "###"})
+    size = model["image_size"]
+    return {"model": model, "preprocess": {"vis_processor": {"eval": {"name": "blip2_image_eval", "image_size": size}}}}
 
 
 def load(args):
