@@ -50,16 +50,33 @@ def load_torch(path: Path) -> dict:
 
 
 # --------------------------------------------------------------------------- EVA-ViT (original layout)
-_VIT_RENAMES = [
-    (r"^cls_token$", "embeddings.class_embedding"),
-    (r"^pos_embed$", "embeddings.position_embedding"),
-    (r"^patch_embed\.proj\.", "embeddings.patch_embedding."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.\1.layer_norm1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.\1.layer_norm2."),
-    (r"^blocks\.(\d+)\.attn\.qkv\.weight$", r"encoder.layers.\1.self_attn.qkv.weight"),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.\1.self_attn.projection."),
-    (r"^blocks\.(\d+)\.mlp\.", r"encoder.layers.\1.mlp."),
+# (original name, transformers name); "{i}" is the block index, a trailing "." makes it a prefix
+_VIT_NAMES = [
+    ("cls_token", "embeddings.class_embedding"),
+    ("pos_embed", "embeddings.position_embedding"),
+    ("patch_embed.proj.", "embeddings.patch_embedding."),
+    ("blocks.{i}.norm1.", "encoder.layers.{i}.layer_norm1."),
+    ("blocks.{i}.norm2.", "encoder.layers.{i}.layer_norm2."),
+    ("blocks.{i}.attn.qkv.weight", "encoder.layers.{i}.self_attn.qkv.weight"),
+    ("blocks.{i}.attn.proj.", "encoder.layers.{i}.self_attn.projection."),
+    ("blocks.{i}.mlp.", "encoder.layers.{i}.mlp."),
 ]
+
+
+def _rule(src: str, dst: str) -> tuple[re.Pattern, str]:
+    pattern = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)") + ("" if src.endswith(".") else "$")
+    return re.compile(pattern), dst.replace("{i}", r"\1")
+
+
+_TO_HF = [_rule(o, h) for o, h in _VIT_NAMES]
+_TO_ORIGINAL = [_rule(h, o) for o, h in _VIT_NAMES]
+
+
+def _rename(key: str, rules) -> str | None:
+    for pattern, repl in rules:
+        if pattern.search(key):
+            return pattern.sub(repl, key)
+    return None
 
 
 def eva_vit_to_hf(state: dict, num_layers: int) -> tuple[dict, Counter]:
@@ -74,12 +91,11 @@ def eva_vit_to_hf(state: dict, num_layers: int) -> tuple[dict, Counter]:
         if bias:
             biases.setdefault(int(bias.group(1)), {})[bias.group(2)] = value
             continue
-        for pattern, repl in _VIT_RENAMES:
-            if re.search(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
-                break
-        else:
+        new = _rename(key, _TO_HF)
+        if new is None:
             ignored[f"not part of the ViT ({key.split('.')[0]})"] += 1
+        else:
+            out[new] = value
     for i, qv in biases.items():
         if set(qv) != {"q", "v"}:
             raise CheckpointError(f"block {i} has only {sorted(qv)}_bias; both q_bias and v_bias are needed")
@@ -173,16 +189,6 @@ def hf_to_eva_vit(vision_state: dict) -> dict:
     """``Blip2VisionModel`` state (no prefix) -> the original ``eva_vit_g.pth`` layout (``post_layernorm`` is
     ``ln_vision`` and lives in the BLIP-2 file instead)."""
     out = {}
-    inverse = [
-        (r"^embeddings\.class_embedding$", "cls_token"),
-        (r"^embeddings\.position_embedding$", "pos_embed"),
-        (r"^embeddings\.patch_embedding\.", "patch_embed.proj."),
-        (r"^encoder\.layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
-        (r"^encoder\.layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
-        (r"^encoder\.layers\.(\d+)\.self_attn\.qkv\.weight$", r"blocks.\1.attn.qkv.weight"),
-        (r"^encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blocks.\1.attn.proj."),
-        (r"^encoder\.layers\.(\d+)\.mlp\.", r"blocks.\1.mlp."),
-    ]
     for key, value in vision_state.items():
         bias = re.match(r"^encoder\.layers\.(\d+)\.self_attn\.qkv\.bias$", key)
         if bias:
@@ -192,12 +198,10 @@ def hf_to_eva_vit(vision_state: dict) -> dict:
             continue
         if key.startswith("post_layernorm."):
             continue
-        for pattern, repl in inverse:
-            if re.search(pattern, key):
-                out[re.sub(pattern, repl, key)] = value
-                break
-        else:
+        new = _rename(key, _TO_ORIGINAL)
+        if new is None:
             raise CheckpointError(f"no original name for vision key {key}")
+        out[new] = value
     return out
 
 
