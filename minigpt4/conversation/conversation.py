@@ -172,12 +172,11 @@ class Chat:
         ``seed`` makes sampling reproducible (same seed, same text)."""
         embeds, attention = self._prepare(conv, img_list, max_new_tokens, max_length)
         stops = self.stop_strings(conv)
+        gen = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, temperature=temperature,
+                   top_p=top_p, repetition_penalty=repetition_penalty, length_penalty=length_penalty,
+                   min_length=min_length, seed=seed)
         try:
-            ids = self.model.generate_ids(embeds, attention, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                          do_sample=do_sample, temperature=temperature, top_p=top_p,
-                                          repetition_penalty=repetition_penalty, length_penalty=length_penalty,
-                                          min_length=min_length, stop_strings=stops, streamer=streamer,
-                                          seed=seed)[0]
+            ids = self.model.generate_ids(embeds, attention, stop_strings=stops, streamer=streamer, **gen)[0]
         except Exception:
             conv.messages.pop()
             raise
@@ -203,12 +202,10 @@ class Chat:
         embeds, attention = self._prepare(conv, img_list, max_new_tokens, max_length)
         stops = self.stop_strings(conv)
 
+        gen = {k: v for k, v in kwargs.items() if k != "max_length"}
+
         def generate(streamer):
-            return self.model.generate_ids(embeds, attention, max_new_tokens=max_new_tokens, num_beams=1,
-                                           do_sample=do_sample, temperature=temperature, top_p=top_p,
-                                           repetition_penalty=repetition_penalty, length_penalty=length_penalty,
-                                           min_length=min_length, stop_strings=stops, streamer=streamer,
-                                           seed=seed)
+            return self.model.generate_ids(embeds, attention, stop_strings=stops, streamer=streamer, **gen)
 
         try:
             ids = yield from stream_generation(self.model.llama_tokenizer, generate, stops, timeout=timeout)
