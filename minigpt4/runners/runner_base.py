@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from minigpt4.common import dist as D
 from minigpt4.common.config import ConfigError
@@ -164,14 +163,7 @@ class RunnerBase:
         if state["world_size"] != self.dist.world_size:
             raise ConfigError(f"run.resume_ckpt_path: {state['path']} was written by {state['world_size']} "
                               f"process(es); resume with the same number (now {self.dist.world_size})")
-        weights = load_file(str(state["weights_path"]))
-        own = dict(self.model.named_parameters())
-        missing = [k for k in own if own[k].requires_grad and k not in weights]
-        if missing:
-            raise ConfigError(f"run.resume_ckpt_path: {state['weights_path']} lacks trainable weights {missing}")
-        with torch.no_grad():
-            for key, value in weights.items():
-                own[key].copy_(value.to(own[key].device, own[key].dtype))
+        self.model.load_projection(state["weights_path"])  # strict: every trainable weight, right shapes
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
