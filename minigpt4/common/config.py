@@ -15,6 +15,7 @@ from typing import Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from minigpt4.common import registry as registry_module
 from minigpt4.common import schema
 from minigpt4.common.registry import registry
 
@@ -117,7 +118,7 @@ class Config:
     """``Config(args)`` with ``args.cfg_path`` and ``args.options`` (list of ``k=v``), as the original."""
 
     def __init__(self, args):
-        import minigpt4  # noqa: F401  (registers every model, builder, processor, task and runner)
+        registry_module.register_all()
 
         self.args = args
         user = OmegaConf.load(args.cfg_path) if getattr(args, "cfg_path", None) else OmegaConf.create()

@@ -1,12 +1,23 @@
 """Name -> class registry for models, dataset builders, processors, tasks, runners and LR schedules.
 
-Registration is an import side effect (``import minigpt4`` registers everything), exactly as configs
-expect: a YAML names ``arch: minigpt4`` or ``task: image_text_pretrain`` and the registry resolves it.
+Registration is an import side effect of the modules that define the classes; the first lookup (or
+:func:`register_all`) imports them all, so a YAML can name ``arch: minigpt4`` or ``task: image_text_pretrain``
+whatever was imported before.
 """
 from __future__ import annotations
 
 import difflib
+import importlib
 from pathlib import Path
+
+REGISTERING_MODULES = ("minigpt4.datasets", "minigpt4.models", "minigpt4.processors", "minigpt4.runners",
+                       "minigpt4.tasks")
+
+
+def register_all() -> None:
+    """Import every module that registers a model, builder, processor, task, runner or LR schedule."""
+    for name in REGISTERING_MODULES:
+        importlib.import_module(name)
 
 KINDS = ("model", "builder", "processor", "task", "runner", "lr_scheduler")
 
@@ -72,6 +83,8 @@ class Registry:
     def _get(cls, kind: str, name: str):
         table = cls.mapping[f"{kind}_name_mapping"]
         if name not in table:
+            register_all()
+        if name not in table:
             close = difflib.get_close_matches(str(name), list(table), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(table)}"
             raise KeyError(f"unknown {kind} {name!r}{hint}")
@@ -120,6 +133,7 @@ class Registry:
 
     @classmethod
     def _list(cls, kind: str) -> list[str]:
+        register_all()
         return sorted(cls.mapping[f"{kind}_name_mapping"])
 
     @classmethod
