@@ -17,6 +17,9 @@ A dataset processor whose ``image_size`` differs from ``model.image_size`` is an
 Big models: ``--low-resource`` (8-bit), ``--load-in-4bit`` (bitsandbytes) and ``--device-map auto``
 (accelerate placement across GPUs) are shorthands for ``--options model.low_resource=True`` etc.; all
 need CUDA and are refused on CPU with a message naming the key.
+
+Importing this module is light (no torch, transformers or gradio): the entry points parse their
+arguments first, so ``--help`` and usage errors are instant.
 """
 from __future__ import annotations
 
@@ -25,17 +28,7 @@ import contextlib
 import logging
 import sys
 
-import torch
-from omegaconf import OmegaConf
-
-from minigpt4.conversation.conversation import (
-    CONV_DICT,
-    CONV_VISION_Vicuna0,
-    IMAGE_MESSAGE,
-    Conversation,
-    training_conversation,
-)
-from minigpt4.models.prompting import IMAGE_PLACEHOLDER
+from minigpt4.common.tiny_world_paths import add_tiny_world_arg, check_tiny_world, set_tiny_world
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +41,23 @@ class UsageError(ValueError):
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--cfg-path", required=True, help="YAML config (e.g. eval_configs/minigpt4_eval.yaml)")
+    parser.add_argument("--cfg-path", required=True,
+                        help="YAML config, e.g. eval_configs/tiny_eval.yaml (the tiny world) or "
+                             "eval_configs/minigpt4_eval.yaml (real weights)")
+    add_tiny_world_arg(parser)
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1 (default: run.device, else cuda if available)")
     parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="override config keys, e.g. model.ckpt=/path/proj.pth model.torch_dtype=bf16")
-    parser.add_argument("--low-resource", action="store_true", help="8-bit LLM (bitsandbytes, CUDA only)")
-    parser.add_argument("--load-in-4bit", action="store_true", help="4-bit NF4 LLM (bitsandbytes, CUDA only)")
+                        help="override config keys, e.g. model.ckpt=/path/proj.pth model.torch_dtype=bf16 "
+                             "(default: none)")
+    parser.add_argument("--low-resource", action="store_true", help="8-bit LLM (bitsandbytes, CUDA only; default: off)")
+    parser.add_argument("--load-in-4bit", action="store_true",
+                        help="4-bit NF4 LLM (bitsandbytes, CUDA only; default: off)")
     parser.add_argument("--device-map", default=None,
-                        help="place the LLM across GPUs with accelerate, e.g. auto or balanced (CUDA only)")
+                        help="place the LLM across GPUs with accelerate, e.g. auto or balanced (CUDA only; "
+                             "default: one device)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show library progress bars and info messages while loading (default: off)")
     return parser
 
 
@@ -71,7 +72,10 @@ def option_list(args) -> list[str]:
     return options
 
 
-def resolve_device(requested, cfg) -> torch.device:
+def resolve_device(requested, cfg):
+    import torch
+    from omegaconf import OmegaConf
+
     name = requested or OmegaConf.select(cfg, "run.device") or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
@@ -85,16 +89,29 @@ def resolve_device(requested, cfg) -> torch.device:
 def load_config(args):
     from minigpt4.common.config import Config
 
+    set_tiny_world(getattr(args, "tiny_world", None))
     cfg = Config.load(args.cfg_path, option_list(args)).config
     if "model" not in cfg:
         raise UsageError(f"{args.cfg_path}: the config has no model section")
+    check_tiny_world(cfg, args.cfg_path)
     return cfg
+
+
+def quiet_loading(verbose: bool = False) -> None:
+    """Hide transformers' "Loading weights" bar and info chatter unless ``--verbose``."""
+    from transformers.utils import logging as hf_logging
+
+    if verbose:
+        hf_logging.enable_progress_bar()
+    else:
+        hf_logging.disable_progress_bar()
 
 
 def load_model(args):
     """``(cfg, model, vis_processor, device)`` from ``--cfg-path``/``--options``/``--device``."""
     from minigpt4.models import MiniGPT4
 
+    quiet_loading(getattr(args, "verbose", False))
     cfg = load_config(args)
     device = resolve_device(args.device, cfg)
     model = MiniGPT4.from_config(cfg.model, device=device)
@@ -104,6 +121,8 @@ def load_model(args):
 
 def vis_processor_config(cfg) -> dict:
     """The processor settings picked as described in the module docstring."""
+    from omegaconf import OmegaConf
+
     size = OmegaConf.select(cfg, "model.image_size")
     datasets = cfg.get("datasets") or {}
     if datasets:
@@ -130,14 +149,18 @@ def vis_processor_config(cfg) -> dict:
 
 
 def vis_processor_from_config(cfg):
+    from omegaconf import OmegaConf
+
     from minigpt4.processors import build_processor
 
     return build_processor(OmegaConf.create(vis_processor_config(cfg)))
 
 
-def conversation_from_config(model_cfg, template: str = "auto") -> Conversation:
+def conversation_from_config(model_cfg, template: str = "auto"):
     """``auto``: the training template when the config has ``prompt_template`` (what a model trained here
     answers best to), else the original demo's template for ``model_type`` (Vicuna v0 by default)."""
+    from minigpt4.conversation.conversation import CONV_DICT, CONV_VISION_Vicuna0, training_conversation
+
     if template not in TEMPLATES:
         raise UsageError(f"--template must be one of {TEMPLATES}, got {template!r}")
     prompt_template = model_cfg.get("prompt_template")
@@ -154,6 +177,9 @@ def caption_prompt(model_cfg, prompt: str | None = None) -> str | None:
     """The captioning prompt. ``prompt`` containing ``<ImageHere>`` is used as is; other text is the
     instruction after the image. Default: ``prompt_template.format('<Img><ImageHere></Img> Describe this
     image in detail.')`` when the config has ``prompt_template``, else ``None`` (image only, as stage 1)."""
+    from minigpt4.conversation.conversation import IMAGE_MESSAGE
+    from minigpt4.models.prompting import IMAGE_PLACEHOLDER
+
     if prompt is not None and IMAGE_PLACEHOLDER in prompt:
         return prompt
     template = model_cfg.get("prompt_template")

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from minigpt4.common import registry as registry_module
 from minigpt4.common import schema
+from minigpt4.common import tiny_world_paths  # noqa: F401  (registers the ${tiny_world:...} resolver)
 from minigpt4.common.registry import registry
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,14 @@ import torch
 from PIL import Image
 
 from minigpt4.conversation.history import ContextTooLongError, fit_turns  # noqa: F401 (re-exported)
+from minigpt4.conversation.settings import check_generation_settings
 from minigpt4.conversation.streaming import stream_generation
 from minigpt4.models.prompting import IMAGE_PLACEHOLDER, embed_layout
 
 log = logging.getLogger(__name__)
 IMAGE_MESSAGE = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
+# what a user-typed <ImageHere> becomes: the same text to a reader, never an image slot
+TYPED_PLACEHOLDER = IMAGE_PLACEHOLDER.replace("<", "<\u200b", 1)
 
 
 class SeparatorStyle(Enum):
@@ -107,7 +110,9 @@ class Chat:
 
     Several images may be uploaded into one conversation (each adds an image message and an embedding).
     When the history outgrows ``max_length - max_new_tokens``, whole turns are dropped oldest first
-    (with their images); the system text, the BOS and image tokens are never cut.
+    (with their images); the system text, the BOS and image tokens are never cut. ``<ImageHere>`` typed in
+    a question is text: it gets a zero-width space after its ``<`` so it never takes an image's place.
+    Generation settings out of range raise :class:`GenerationSettingsError` naming the setting.
     """
 
     def __init__(self, model, vis_processor, device=None):
@@ -116,6 +121,7 @@ class Chat:
         self.device = torch.device(device) if device is not None else model.device
 
     def ask(self, text: str, conv: Conversation) -> None:
+        text = text.replace(IMAGE_PLACEHOLDER, TYPED_PLACEHOLDER)
         last = conv.messages[-1] if conv.messages else None
         if last is not None and last[0] == conv.roles[0] and last[1] and last[1].endswith("</Img>"):
             last[1] = " ".join([last[1], text])
@@ -170,6 +176,8 @@ class Chat:
                seed=None, streamer=None):
         """Generate the assistant's reply; returns ``(text, token ids)`` and records it in ``conv``.
         ``seed`` makes sampling reproducible (same seed, same text)."""
+        check_generation_settings(num_beams=num_beams, max_new_tokens=max_new_tokens, top_p=top_p,
+                                  temperature=temperature)
         embeds, attention = self._prepare(conv, img_list, max_new_tokens, max_length)
         stops = self.stop_strings(conv)
         gen = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, temperature=temperature,
@@ -194,6 +202,8 @@ class Chat:
         kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, min_length=min_length, top_p=top_p,
                       repetition_penalty=repetition_penalty, length_penalty=length_penalty,
                       temperature=temperature, max_length=max_length, do_sample=do_sample, seed=seed)
+        check_generation_settings(num_beams=num_beams, max_new_tokens=max_new_tokens, top_p=top_p,
+                                  temperature=temperature)
         if num_beams > 1:
             text, _ = self.answer(conv, img_list, **kwargs)
             if text:
@@ -217,6 +227,10 @@ class Chat:
 
 def load_image(path) -> Image.Image:
     """Open an image file fully (RGB), or raise ``ValueError`` naming the file and the reason."""
+    if not Path(path).exists():
+        raise ValueError(f"no such file: {path}")
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
     try:
         with Image.open(path) as img:
             img.load()

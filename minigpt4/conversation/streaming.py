@@ -5,6 +5,9 @@ The raw stream contains what the model produced before generation noticed a stop
 arrives as text before the stopping criterion fires) and may start with a space. :class:`StopFilter`
 holds back any tail that could still become a stop string, and trailing whitespace, so the pieces it
 releases always concatenate to a prefix of the final, stripped answer.
+
+Closing the stream early (the consumer stops iterating, a Ctrl-C, a Restart in the demo) stops
+``generate`` at its next token instead of letting it run to ``max_new_tokens`` in the background.
 """
 from __future__ import annotations
 
@@ -14,6 +17,24 @@ from typing import Callable, Iterator
 from transformers import TextIteratorStreamer
 
 from minigpt4.models.prompting import cut_at_stop
+
+
+class GenerationCancelled(Exception):
+    """Raised inside ``generate`` (from the streamer) once the consumer has gone."""
+
+
+class CancellableStreamer(TextIteratorStreamer):
+    """A ``TextIteratorStreamer`` whose next ``put`` aborts ``generate`` after :meth:`cancel`."""
+
+    cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def put(self, value) -> None:
+        if self.cancelled:
+            raise GenerationCancelled("the answer's reader stopped")
+        super().put(value)
 
 
 class StopFilter:
@@ -61,7 +82,7 @@ def stream_generation(tokenizer, generate: Callable[..., object], stop_strings: 
     The generator's return value (``StopIteration.value``) is what ``generate`` returned; an exception
     raised inside the thread is re-raised here.
     """
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=False)
+    streamer = CancellableStreamer(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=False)
     result: dict = {}
 
     def run():
@@ -74,15 +95,19 @@ def stream_generation(tokenizer, generate: Callable[..., object], stop_strings: 
     thread = threading.Thread(target=run, name="minigpt4-generate", daemon=True)
     thread.start()
     filt = StopFilter(list(stop_strings) + ([tokenizer.eos_token] if tokenizer.eos_token else []))
+    finished = False
     try:
         for raw in streamer:
             piece = filt.feed(raw)
             if piece:
                 yield piece
         piece = filt.flush()
+        finished = True
         if piece:
             yield piece
     finally:
+        if not finished:
+            streamer.cancel()  # generate stops at its next token
         thread.join()
     if "error" in result:
         raise result["error"]
