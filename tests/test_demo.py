@@ -10,6 +10,7 @@ from PIL import Image
 
 from fixture_utils import model_cfg
 from inference_config import FX, draw_scene
+from minigpt4 import demo_app
 from minigpt4.conversation import Chat, training_conversation
 from minigpt4.models import MiniGPT4
 from minigpt4.processors import Blip2ImageEvalProcessor
@@ -37,7 +38,7 @@ def chat():
 
 @pytest.fixture()
 def app(chat):
-    return demo.DemoApp(chat, training_conversation(), max_image_pixels=300 * 300, **GEN)
+    return demo_app.DemoApp(chat, training_conversation(), max_image_pixels=300 * 300, **GEN)
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_bad_input_gets_a_message_and_changes_nothing(app, pictures):
 
 
 def test_a_question_that_cannot_fit_is_explained(chat, pictures):
-    small = demo.DemoApp(chat, training_conversation(), max_new_tokens=16, max_length=30)
+    small = demo_app.DemoApp(chat, training_conversation(), max_new_tokens=16, max_length=30)
     session, _, _ = small.upload(str(pictures / "a.png"), None)
     _, session, _ = small.ask("What is it?", session)
     with pytest.warns(UserWarning, match="newest turn alone needs"):
@@ -111,3 +112,42 @@ def test_a_question_that_cannot_fit_is_explained(chat, pictures):
 def test_loopback_by_default_and_share_opt_in():
     args = demo.parse_args(["--cfg-path", "x.yaml"])
     assert args.host == "127.0.0.1" and args.share is False
+
+
+def test_restart_while_an_answer_streams_stops_it_and_the_old_conversation_stays_gone(chat, pictures):
+    app = demo_app.DemoApp(chat, training_conversation(), max_new_tokens=40, seed=3)
+    session, _, _ = app.upload(str(pictures / "a.png"), None)
+    _, session, _ = app.ask("What is it?", session)
+    stream = app.answer(session, 1, 1.0)
+    first_session, first_shown = next(stream)  # the answer is streaming
+    assert first_session is session and first_shown[-1]["role"] == "assistant"
+    state, shown, _, box = app.restart(session)
+    assert state is None and shown == [] and session.closed
+    assert list(stream) == []  # nothing more is yielded, so the old session cannot come back
+    # even if a late yield had put the closed session back, it is not continued
+    (_, again, shown), msg = warned(app.ask, "And now?", session)
+    assert again is None and shown == [] and "upload an image first" in msg
+    fresh, _, shown = app.upload(str(pictures / "b.jpg"), session)
+    assert fresh is not session and len(fresh.images) == 1 and shown == [{"role": "user",
+                                                                          "content": "[image 1 uploaded]"}]
+    assert fresh.conv.messages == [["Human", "<Img><ImageHere></Img>"]]
+
+
+def test_a_rebuilt_image_component_still_lets_bad_uploads_through(pictures):
+    from gradio.data_classes import ImageData
+
+    image = demo_app.TolerantImage(type="filepath", image_mode=None, sources=["upload"], render=False)
+    rebuilt = image.__class__(**{**image.constructor_args, "render": False})  # what Gradio does on an update
+    payload = ImageData(path=str(pictures / "notes.png"), orig_name="notes.png")
+    for component in (image, rebuilt):
+        assert component.get_block_name() == "image"
+        assert component.preprocess(payload) == str(pictures / "notes.png")
+
+
+@pytest.mark.parametrize("flags, named", [(["--max-new-tokens", "0"], "--max-new-tokens must be"),
+                                          (["--max-length", "300"], "--max-length must be"),
+                                          (["--port", "0"], "--port must be")])
+def test_bad_settings_are_refused_before_loading(flags, named, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--cfg-path", "never-read.yaml", *flags])
+    assert exit_info.value.code == 2 and named in capsys.readouterr().err
