@@ -6,6 +6,7 @@
 Config -> distributed init -> seeds (seed + rank) -> task -> datasets -> model -> runner, as the original.
 Bad input (unknown key, missing file, mismatched checkpoint, unwritable output folder) is a one-line error
 with exit code 2 before any model is loaded; a NaN/inf loss stops the run with exit code 3.
+Arguments are parsed before torch is imported, so --help and usage errors are instant.
 """
 from __future__ import annotations
 
@@ -15,24 +16,47 @@ import os
 import random
 import sys
 
-import numpy as np
-import torch
+from minigpt4.common.tiny_world_paths import add_tiny_world_arg
 
 log = logging.getLogger("train")
 
+EXAMPLES = """examples:
+  # 4 processes on one machine (one per GPU, or CPU processes with run.device=cpu)
+  torchrun --nproc-per-node 4 train.py --cfg-path train_configs/minigpt4_stage1_pretrain.yaml
+  # stage 2 from a stage-1 checkpoint
+  torchrun --nproc-per-node 1 train.py --cfg-path train_configs/minigpt4_stage2_finetune.yaml \\
+      --options model.ckpt=output/minigpt4_stage1_pretrain/<job>/checkpoint_3.safetensors
+  # the tiny world's stage 1 on 2 CPU processes, with the tiny world built in DIR
+  torchrun --nproc-per-node 2 train.py --cfg-path train_configs/tiny_stage1.yaml --tiny-world DIR \\
+      --options run.output_dir=my_runs/stage1
+  # continue the newest run under run.output_dir where it stopped
+  torchrun --nproc-per-node 4 train.py --cfg-path train_configs/minigpt4_stage1_pretrain.yaml --resume auto
+
+exit status: 0 done (or stopped cleanly by SIGTERM/Ctrl-C/run.max_seconds with a checkpoint), 2 bad input,
+3 the loss became NaN/inf.
+"""
+
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train MiniGPT-4")
-    p.add_argument("--cfg-path", required=True, help="path to the training YAML")
-    p.add_argument("--options", nargs="+", default=[],
-                   help="override config values: key=value ... (e.g. run.max_epoch=1 run.device=cpu)")
+    p = argparse.ArgumentParser(prog="train.py", description="Train MiniGPT-4 (stage 1 or stage 2) from a YAML "
+                                "config, under torchrun or as a single process.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cfg-path", required=True,
+                   help="the training YAML, e.g. train_configs/minigpt4_stage1_pretrain.yaml or "
+                        "train_configs/tiny_stage1.yaml")
+    add_tiny_world_arg(p)
+    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override config values: key=value ... (e.g. run.max_epoch=1 run.device=cpu; default: none)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue a run: 'auto' = the latest resume file under run.output_dir, or a resume "
-                        "file / job folder (same as run.resume_ckpt_path)")
+                        "file / job folder (same as run.resume_ckpt_path; default: a new run)")
     return p.parse_args(argv)
 
 
 def setup_seeds(seed: int) -> None:
+    import numpy as np
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -64,18 +88,23 @@ def check_resume(path, world_size: int) -> None:
                           f"resume with the same number (now {world_size})")
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def main(argv=None, args=None) -> int:
+    args = args or parse_args(argv)
+    import torch
+
     from minigpt4.common import dist as D
     from minigpt4.common.config import Config
     from minigpt4.common.logging import setup_logger
     from minigpt4.common.registry import registry
     from minigpt4.runners.output import ensure_writable, job_folder, new_job_id, previous_run
+    from minigpt4.common.tiny_world_paths import check_tiny_world, set_tiny_world
     from minigpt4.runners.preflight import check_model_files, check_run
     from minigpt4.tasks import setup_task
 
     setup_logger(int(os.environ.get("RANK", 0)))
+    set_tiny_world(args.tiny_world)
     cfg = Config(args)
+    check_tiny_world(cfg.config, args.cfg_path)
     run = cfg.run_cfg
     if run.get("threads"):
         torch.set_num_threads(int(run.threads))
@@ -109,13 +138,14 @@ def main(argv=None) -> int:
 
 
 def cli(argv=None) -> int:
+    args = parse_args(argv)
     from minigpt4.common import dist as D
     from minigpt4.common.config import ConfigError
     from minigpt4.models.checkpoint import CheckpointError
     from minigpt4.runners import TrainingDiverged
 
     try:
-        return main(argv)
+        return main(args=args)
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"train.py: error: {msg}", file=sys.stderr)
