@@ -1,6 +1,8 @@
 """Chat beyond the original: streaming, several images, turn-wise truncation, seeds, template stops."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from PIL import Image
@@ -11,11 +13,12 @@ from minigpt4.conversation import (
     CONV_VISION_Vicuna0,
     Chat,
     ContextTooLongError,
+    GenerationSettingsError,
     load_image,
     training_conversation,
 )
 from minigpt4.conversation.history import turn_starts
-from minigpt4.conversation.streaming import StopFilter
+from minigpt4.conversation.streaming import GenerationCancelled, StopFilter, stream_generation
 from minigpt4.models import MiniGPT4
 from minigpt4.models.prompting import IMAGE_MARKER
 from minigpt4.processors import Blip2ImageEvalProcessor
@@ -198,3 +201,54 @@ def test_a_stream_closed_early_leaves_no_half_turn(chat):
     next(stream)
     stream.close()
     assert conv.messages == before
+
+
+def test_closing_a_stream_stops_generate_at_its_next_token(chat):
+    tokenizer = chat.model.llama_tokenizer
+    word = tokenizer(" red", add_special_tokens=False, return_tensors="pt").input_ids
+    seen = {"puts": 0, "error": None}
+
+    def generate(streamer):
+        streamer.put(torch.tensor([[1]]))  # the prompt, skipped by the streamer
+        try:
+            for _ in range(500):
+                streamer.put(word[0])
+                seen["puts"] += 1
+                time.sleep(0.002)
+        except GenerationCancelled as exc:
+            seen["error"] = exc
+            raise
+        streamer.end()
+
+    stream = stream_generation(tokenizer, generate, [])
+    assert next(stream).strip().startswith("red")
+    stream.close()  # returns once generate has stopped
+    assert isinstance(seen["error"], GenerationCancelled) and seen["puts"] < 500
+
+
+def test_image_here_typed_by_the_user_is_text(chat):
+    conv, img_list = started(chat, training_conversation(), question="Is <ImageHere> a word?")
+    assert conv.get_prompt().count("<ImageHere>") == 1  # only the uploaded image's slot
+    assert "<\u200bImageHere>" in conv.get_prompt()
+    text, _ = chat.answer(conv, img_list, **GREEDY)
+    assert conv.messages[-1] == ["Assistant", text]
+
+
+@pytest.mark.parametrize("setting, value", [("num_beams", 0), ("max_new_tokens", 0), ("top_p", 2.0), ("top_p", 0.0),
+                                            ("temperature", 0.0), ("temperature", -1.0), ("num_beams", 1.5)])
+def test_generation_settings_out_of_range_are_refused_by_name(chat, setting, value):
+    conv, img_list = started(chat, CONV_VISION_Vicuna0)
+    before = [list(m) for m in conv.messages]
+    kwargs = {**GREEDY, setting: value}
+    with pytest.raises(GenerationSettingsError, match=f"^{setting} must be"):
+        chat.answer(conv, img_list, **kwargs)
+    with pytest.raises(GenerationSettingsError, match=f"^{setting} must be"):
+        list(chat.stream_answer(conv, img_list, **kwargs))
+    assert conv.messages == before
+
+
+def test_a_missing_image_file_is_named_as_missing(tmp_path, chat):
+    with pytest.raises(ValueError, match=r"^no such file: .*nope\.jpg$"):
+        chat.upload_img(str(tmp_path / "nope.jpg"), CONV_VISION_Vicuna0.copy(), [])
+    with pytest.raises(ValueError, match="is a folder"):
+        load_image(tmp_path)

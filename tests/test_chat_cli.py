@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 
 import pytest
 
@@ -62,3 +63,51 @@ def test_an_unreadable_first_image_and_a_missing_config_exit_with_status_2(monke
     with pytest.raises(SystemExit) as exit_info:
         chat_cli.main(["--cfg-path", str(files / "missing.yaml"), "--image", str(files / "one.png")])
     assert exit_info.value.code == 2 and "missing.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, named", [(["--temperature", "0"], "--temperature must be > 0"),
+                                          (["--num-beams", "0"], "--num-beams must be a whole number >= 1"),
+                                          (["--max-new-tokens", "0"], "--max-new-tokens must be"),
+                                          (["--top-p", "2"], "--top-p must be in (0, 1]"),
+                                          (["--max-length", "12"], "--max-length must be")])
+def test_bad_generation_settings_are_refused_at_start_up(monkeypatch, capsys, files, flags, named):
+    monkeypatch.setattr("sys.stdin", io.StringIO("never read\n"))
+    with pytest.raises(SystemExit) as exit_info:
+        chat_cli.main(["--cfg-path", str(files / "missing.yaml"), "--image", str(files / "one.png"), *flags])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and named in err and "missing.yaml" not in err  # before the config is read
+
+
+def test_typed_image_placeholder_and_a_missing_file(monkeypatch, capsys, files):
+    code, out = talk(monkeypatch, capsys, files, ["What is <ImageHere> in this?", "/image " + str(files / "nope.png")])
+    assert code == 0 and len(re.findall(r"MiniGPT-4: (.+)", out)) == 1
+    assert f"[could not add the image: no such file: {files / 'nope.png'}]" in out
+
+
+class InterruptingOut(io.StringIO):
+    """A terminal where the user presses Ctrl-C as soon as the first piece of the first answer appears."""
+
+    def __init__(self):
+        super().__init__()
+        self.pressed = False
+
+    def write(self, text):
+        if not self.pressed and self.getvalue().endswith("MiniGPT-4: ") and text:
+            self.pressed = True
+            raise KeyboardInterrupt
+        return super().write(text)
+
+
+def test_ctrl_c_while_an_answer_streams_stops_only_that_answer(files):
+    model = MiniGPT4.from_config(model_cfg(FX, prompt_template="###Human: {} ###Assistant: ", end_sym="###"))
+    out = InterruptingOut()
+    session = chat_cli.Session(Chat(model, Blip2ImageEvalProcessor(image_size=224), device="cpu"),
+                               training_conversation(), dict(do_sample=False, max_new_tokens=12), out=out)
+    assert session.add_image(str(files / "one.png"))
+    before = [list(m) for m in session.conv.messages]
+    assert session.handle("Describe this image in detail.") is True  # the session goes on
+    assert out.pressed and "[answer stopped" in out.getvalue() and session.conv.messages == before
+    assert not any(t.name == "minigpt4-generate" and t.is_alive() for t in threading.enumerate())
+    assert session.handle("Describe this image in detail.") is True
+    answer = out.getvalue().rsplit("MiniGPT-4: ", 1)[1].strip()
+    assert answer and session.conv.messages[-1] == ["Assistant", answer]
