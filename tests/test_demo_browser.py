@@ -88,7 +88,7 @@ def server(tmp_path_factory, chromium):
             if time.time() > deadline:
                 pytest.fail(f"demo.py did not answer on {url}:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield url, log_path
     finally:
         proc.terminate()
         try:
@@ -196,7 +196,7 @@ def pages(chromium, server, tmp_path):
     opened = []
 
     def open_page():
-        opened.append(Page(chromium, server, tmp_path / f"profile{len(opened)}"))
+        opened.append(Page(chromium, server[0], tmp_path / f"profile{len(opened)}"))
         return opened[-1]
 
     yield open_page
@@ -243,3 +243,58 @@ def test_two_sessions_at_once_keep_separate_conversations(pages, expected, tmp_p
     assert b.texts("user") == ["[image 1 uploaded]", "Question from B?"] and len(b.texts("bot")) == 1
     a.screenshot(tmp_path / "demo_session_a.png")
     b.screenshot(tmp_path / "demo_session_b.png")
+
+
+def _body(page) -> str:
+    return page.find("body").get_attribute("innerText")
+
+
+def _notice(page, phrase: str, what: str):
+    """Wait for a notice containing ``phrase``, then dismiss every notice so the next one is seen afresh."""
+    from selenium.webdriver.common.by import By
+
+    page.wait_for(lambda: phrase in _body(page), what)
+    for button in page.driver.find_elements(By.CSS_SELECTOR, ".toast-close"):
+        try:
+            button.click()
+        except Exception:  # noqa: BLE001 - a toast may close on its own meanwhile
+            pass
+    page.wait_for(lambda: phrase not in _body(page), "the notice to go away", timeout=30)
+
+
+def test_restart_mid_answer_then_bad_uploads_get_a_notice(pages, expected, tmp_path):
+    page = pages()
+    page.upload(IMAGES[0], 1)
+    page.ask("What is in this picture?")
+    page.find("#restart").click()  # while the answer streams
+    page.wait_for(lambda: page.texts("user") == [] and not page.find("#user textarea").is_enabled(), "the restart")
+    time.sleep(2)  # what is left of the old stream must not bring the old conversation back
+    assert page.texts("user") == [] and page.texts("bot") == []
+
+    not_an_image = tmp_path / "holiday.png"
+    not_an_image.write_text("these are words, not pixels")
+    page.find("#image input[type=file]").send_keys(str(not_an_image))
+    time.sleep(1)
+    page.find("#upload").click()
+    _notice(page, "This file is not an image I can read", "the notice about holiday.png after Restart")
+    assert page.texts("user") == [] and not page.find("#user textarea").is_enabled()
+
+    page.find("#restart").click()
+    notes = tmp_path / "notes.txt"  # refused by the browser itself (the image box accepts image/* only)
+    notes.write_text("a text file")
+    page.find("#image input[type=file]").send_keys(str(notes))
+    _notice(page, "Invalid file type: notes.txt", "the browser's notice about notes.txt")
+    page.find("#upload").click()
+    _notice(page, "Please choose an image first", "the notice that no image was chosen")
+    assert page.texts("user") == [] and not page.find("#user textarea").is_enabled()
+
+    page.upload(IMAGES[1], 1)  # a fresh conversation about the other image
+    page.ask("Question from B?")
+    page.wait_answer(1, expected([(1, "Question from B?")])[0])
+    assert page.texts("user") == ["[image 1 uploaded]", "Question from B?"]
+    page.screenshot(tmp_path / "demo_after_restart.png")
+
+
+def test_the_server_log_has_no_traceback(server):
+    log = server[1].read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
