@@ -3,8 +3,8 @@
     python -m minigpt4.chat --cfg-path eval_configs/tiny_eval.yaml --image photo.jpg
 
 Type a question and press Enter. Commands: ``/image PATH`` adds another image to the conversation,
-``/reset`` starts over (without images), ``/quit`` (or end of input) leaves. Ctrl-C while an answer
-streams stops that answer (the question is taken back) and returns to the prompt. Model, template and
+``/reset`` starts over (without images), ``/quit`` (or Ctrl-D) leaves. Ctrl-C while an answer
+streams stops that answer (the question is taken back); at the prompt it clears the line, as in a shell. Model, template and
 big-model options are described in :mod:`minigpt4.inference`.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ in the conversation:
   QUESTION       ask about the image(s); the answer streams in (Ctrl-C stops it)
   /image PATH    add another image to the conversation
   /reset         start over, without images
-  /quit          leave (so do Ctrl-D and Ctrl-C at the prompt)
+  /quit          leave (so does Ctrl-D; Ctrl-C at the prompt only clears the line)
 
 example (the tiny world, built with: python -m minigpt4.tiny_world --out tiny_world):
   python -m minigpt4.chat --cfg-path eval_configs/tiny_eval.yaml --image tiny_world/data/eval/test/0.jpg
@@ -148,9 +148,12 @@ def main(argv=None) -> int:
     while True:
         try:
             line = input("You: ")
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:
             session.say("")
             return 0
+        except KeyboardInterrupt:
+            session.say("\n[Ctrl-C: type /quit or press Ctrl-D to leave]")
+            continue
         if not session.handle(line):
             return 0
 

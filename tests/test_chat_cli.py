@@ -111,3 +111,17 @@ def test_ctrl_c_while_an_answer_streams_stops_only_that_answer(files):
     assert session.handle("Describe this image in detail.") is True
     answer = out.getvalue().rsplit("MiniGPT-4: ", 1)[1].strip()
     assert answer and session.conv.messages[-1] == ["Assistant", answer]
+
+
+def test_ctrl_c_at_the_prompt_only_clears_the_line(monkeypatch, capsys, files):
+    typed = iter([KeyboardInterrupt, "/quit"])
+
+    def fake_input(prompt=""):
+        item = next(typed)
+        if item is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return item
+
+    monkeypatch.setattr("builtins.input", fake_input)
+    code = chat_cli.main(["--cfg-path", str(files / "fixture_eval.yaml"), "--image", str(files / "one.png")])
+    assert code == 0 and "[Ctrl-C: type /quit or press Ctrl-D to leave]" in capsys.readouterr().out
