@@ -125,3 +125,11 @@ def test_ctrl_c_at_the_prompt_only_clears_the_line(monkeypatch, capsys, files):
     monkeypatch.setattr("builtins.input", fake_input)
     code = chat_cli.main(["--cfg-path", str(files / "fixture_eval.yaml"), "--image", str(files / "one.png")])
     assert code == 0 and "[Ctrl-C: type /quit or press Ctrl-D to leave]" in capsys.readouterr().out
+
+
+def test_loading_is_quiet_unless_verbose(monkeypatch, capsys, files):
+    for extra, shown in (([], False), (["--verbose"], True)):
+        monkeypatch.setattr("sys.stdin", io.StringIO("/quit\n"))
+        assert chat_cli.main(["--cfg-path", str(files / "fixture_eval.yaml"), "--image", str(files / "one.png"),
+                              *extra]) == 0
+        assert ("Loading weights" in capsys.readouterr().err) is shown
