@@ -96,9 +96,10 @@ class DemoApp:
     def ask(self, text: str, session: Session | None):
         text = (text or "").strip()
         session = live(session)
-        if session is None or not session.images:
+        if session is None or not session.images:  # e.g. Restart overtook this question
             gr.Warning("Please upload an image first.")
-            return text, session, (session.shown if session else [])
+            return (gr.update(value=text, interactive=False, placeholder=IDLE_PLACEHOLDER), session,
+                    (session.shown if session else []))
         if not text:
             gr.Warning("Input should not be empty!")
             return "", session, session.shown
