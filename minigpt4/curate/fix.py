@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
-from minigpt4.caption_io import JsonlOutput
+from minigpt4.sharded_jsonl import JsonlOutput
 from minigpt4.curate.fixers import make_fixer
 from minigpt4.curate.workdir import WorkDir, by_key, digest, prune, write_json
 
