@@ -285,3 +285,23 @@ def test_bad_input_is_a_one_line_error(setup, tmp_path, capsys, case):
                 "stage": "--stages: unknown stage 'polish'",
                 "order": "run the describe stage before filter"}[case]
     assert expected in err
+
+
+@pytest.mark.slow  # two processes loading the library and the model: about a minute on 2 busy cores
+def test_torchrun_splits_describe_over_two_ranks(setup, full, tmp_path):
+    import subprocess
+    import sys
+
+    from train_helpers import free_port, subprocess_env
+
+    work = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "-m", "minigpt4.curate", *cli_argv(setup, work, "--device", "cpu")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / "described.jsonl").read_text() == (full / "described.jsonl").read_text()  # merged in input order
+    assert not list(work.glob("described.jsonl.part-*"))
+    assert "describe: 4 images here" in proc.stderr and "describe: 4 images here" in proc.stderr.split(
+        "describe: 4 images here", 1)[1]  # each rank described its half
+    for name in ["fixed.jsonl", "filtered.jsonl", "cc_sbu_align/filter_cap.json"]:
+        assert (work / name).read_text() == (full / name).read_text(), name
