@@ -6,6 +6,7 @@ misbehaves on purpose when the paragraph (the last message) contains a marker:
 ``FAIL500``   always HTTP 500;          ``FLAKY<n>``  HTTP 500 on the first n requests for it, then fine;
 ``DROP``      closes the connection without answering;   ``SLOW``  sleeps ``slow_seconds`` then answers;
 ``EMPTY``     an empty reply;           ``SORRY``     answers "I apologize for that. ..."
+``STATUS<nnn>`` HTTP nnn (e.g. STATUS401);
 ``CORRECT``   "... already correct.";   ``NOREPEAT``  "... already correct, there is no repetition."
 ``UNFINISHED`` "... incomplete ..."
 
@@ -68,6 +69,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, paragraph: str, seen: int) -> None:
         server = self.server
         time.sleep(server.delay)
+        status = re.search(r"STATUS(\d{3})", paragraph)
+        if status:
+            self._send(int(status.group(1)), {"error": {"message": "refused on purpose", "type": "test"}})
+            return
         if "FAIL500" in paragraph:
             self._send(500, {"error": {"message": "internal error on purpose", "type": "server_error"}})
             return

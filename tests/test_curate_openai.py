@@ -172,6 +172,23 @@ def test_retry_failed_asks_again(tmp_path):
     assert json.loads((work / "fix_usage.json").read_text())["requests"] == len(server.requests)
 
 
+@pytest.mark.parametrize("status, key", [(401, "curate.fix.openai.api_key_env: the server refused the key"),
+                                         (404, "curate.fix.openai.base_url / curate.fix.openai.model")])
+def test_answers_every_row_would_get_stop_the_stage(tmp_path, capsys, status, key):
+    texts = {"a": PARAGRAPH.format("red"), "b": f"STATUS{status} " + PARAGRAPH.format("b"),
+             "c": PARAGRAPH.format("green")}
+    work = described_workdir(tmp_path, texts)
+    with ChatServer() as server:
+        opts = [f"curate.{o}" for o in openai_options(server, "fix.openai.concurrency=1")]
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--work-dir", str(work), "--stages", "fix", "--options", *opts])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and key in err and f"HTTP {status}" in err and SECRET not in err
+    assert server.count(f"STATUS{status}") == 1  # not retried
+    assert set(one_per_key(work / "fixed.jsonl")) == {"a"}  # the row before it is kept, nothing is half-written
+
+
 @pytest.mark.parametrize("case", ["unreachable", "missing_key", "no_base_url"])
 def test_endpoint_and_key_problems_are_one_line_errors(tmp_path, monkeypatch, capsys, case):
     work = described_workdir(tmp_path, {"a": PARAGRAPH.format("red")})
