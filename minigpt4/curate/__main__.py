@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from minigpt4.curate.config import STAGES, CurateError, load
+from minigpt4.curate.config import STAGES, CurateError
 
 log = logging.getLogger("minigpt4.curate")
 
