@@ -305,3 +305,32 @@ def test_torchrun_splits_describe_over_two_ranks(setup, full, tmp_path):
         "describe: 4 images here", 1)[1]  # each rank described its half
     for name in ["fixed.jsonl", "filtered.jsonl", "cc_sbu_align/filter_cap.json"]:
         assert (work / name).read_text() == (full / name).read_text(), name
+
+
+@pytest.mark.slow  # a subprocess loading the library and the model: about 30 s on 2 busy cores
+def test_killed_describe_run_resumes(setup, full, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from train_helpers import subprocess_env
+
+    work = tmp_path / "killed"
+    argv = cli_argv(setup, work, "--options", "curate.describe.batch_size=1")
+    proc = subprocess.Popen([sys.executable, "-m", "minigpt4.curate", *argv], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = work / "described.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and (not out.exists() or len(rows(out)) < 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = rows(out)
+    assert 3 <= len(before) < 8 and not (work / "fixed.jsonl").exists()
+    result = curate.run(curate.load_config(setup / "curate.yaml", images=setup / "images", work_dir=work),
+                        model_args={"cfg_path": str(setup / "fixture_eval.yaml"), "device": "cpu"})
+    assert result["stages"]["describe"]["already_done"] == len(before)
+    assert one_per_key(out) == one_per_key(full / "described.jsonl")
+    assert (work / "cc_sbu_align" / "filter_cap.json").read_text() == \
+        (full / "cc_sbu_align" / "filter_cap.json").read_text()

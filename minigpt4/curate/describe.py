@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from types import SimpleNamespace
 
@@ -58,7 +59,7 @@ class Describer:
     def _keep_copy(self, item, image) -> str:
         """Shard images are saved under ``images/`` (PNG, lossless); folder images stay where they are."""
         if item.kind == "image":
-            return item.source
+            return os.path.abspath(item.source)  # later stages may run from another directory
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.key)[:80]
         name = f"{safe}-{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
         path = self.image_dir / name
@@ -70,7 +71,7 @@ class Describer:
         return str(path)
 
     def add(self, item) -> None:
-        pixels, error, where = None, item.error, (item.source if item.kind == "image" else None)
+        pixels, error, where = None, item.error, (os.path.abspath(item.source) if item.kind == "image" else None)
         if error is None:
             try:
                 image = item.load()
