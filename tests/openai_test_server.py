@@ -10,7 +10,8 @@ misbehaves on purpose when the paragraph (the last message) contains a marker:
 ``CORRECT``   "... already correct.";   ``NOREPEAT``  "... already correct, there is no repetition."
 ``UNFINISHED`` "... incomplete ..."
 
-It records every request (paragraph, Authorization header), the number in flight at most, and answers
+With ``backend`` (a function of the request's messages, e.g. a local Hugging Face causal LM) the replies
+come from it instead of the canned ``"Fixed: ..."``, one request at a time. It records every request (paragraph, Authorization header), the number in flight at most, and answers
 ``GET /v1/models`` with an empty list.
 """
 from __future__ import annotations
@@ -54,6 +55,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": "not found"}})
             return
         paragraph = body["messages"][-1]["content"]
+        self.messages = body["messages"]
         with server.lock:
             server.requests.append({"paragraph": paragraph, "auth": self.headers.get("Authorization"),
                                     "messages": body["messages"], "model": body.get("model")})
@@ -86,7 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if "SLOW" in paragraph:
             time.sleep(server.slow_seconds)
-        if "EMPTY" in paragraph:
+        if server.backend is not None:
+            with server.lock_backend:
+                reply = server.backend(self.messages)
+        elif "EMPTY" in paragraph:
             reply = ""
         elif "SORRY" in paragraph:
             reply = "I apologize for that. " + paragraph
@@ -108,12 +113,13 @@ class _Handler(BaseHTTPRequestHandler):
 class ChatServer:
     """``with ChatServer() as server: server.base_url`` (``http://127.0.0.1:<port>/v1``)."""
 
-    def __init__(self, delay: float = 0.0, slow_seconds: float = 2.0):
+    def __init__(self, delay: float = 0.0, slow_seconds: float = 2.0, backend=None):
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self.httpd.daemon_threads = True
         self.httpd.lock = threading.Lock()
         self.httpd.requests, self.httpd.in_flight, self.httpd.max_in_flight = [], 0, 0
         self.httpd.delay, self.httpd.slow_seconds = delay, slow_seconds
+        self.httpd.backend, self.httpd.lock_backend = backend, threading.Lock()
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     @property

@@ -74,3 +74,27 @@ def test_missing_model_folder_names_the_key(tmp_path):
         fixer(tmp_path / "nowhere")
     with pytest.raises(curate.CurateError, match=r"curate\.fix\.hf\.model is not set"):
         HFFixer(config(tmp_path).fix.hf, FIX_PROMPT)
+
+
+def test_openai_fixer_against_a_loopback_server_running_the_same_llm(tmp_path, monkeypatch):
+    """A real HTTP server whose answers come from the tiny Llama: the openai fixer gets what the hf fixer gets."""
+    from openai_test_server import ChatServer
+
+    pytest.importorskip("openai")
+    local = fixer(LLM)
+
+    def backend(messages):
+        assert messages[0] == {"role": "system", "content": FIX_PROMPT}
+        return local._generate([messages[1]["content"]])[0]
+
+    texts = {f"k{i}": PARAGRAPH.format(c) for i, c in enumerate(["red", "blue", "green", "pink"])}
+    direct = {r.key: r.text for r in fixer(LLM).fix(list(texts.items()))}
+    work = described_workdir(tmp_path, texts)
+    monkeypatch.setenv("LOOPBACK_KEY", "local")
+    with ChatServer(backend=backend) as server:
+        cfg = config(work, "fix.fixer=openai", f"fix.openai.base_url={server.base_url}",
+                     "fix.openai.api_key_env=LOOPBACK_KEY", "fix.openai.concurrency=2")
+        curate.run(cfg, stages="fix")
+    fixed = one_per_key(work / "fixed.jsonl")
+    assert {k: r["text"] for k, r in fixed.items()} == {k: v.strip() for k, v in direct.items()}
+    assert len(server.requests) == 4
