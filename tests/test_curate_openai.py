@@ -166,10 +166,14 @@ def test_retry_failed_asks_again(tmp_path):
         assert "fix_error" in one_per_key(work / "fixed.jsonl")["b"]
         curate.run(config(work, *openai_options(server, "fix.openai.max_retries=1")), stages="fix")
         assert server.count("FLAKY3") == 2  # a failure row is not asked again by default
-        curate.run(config(work, *openai_options(server, "fix.openai.max_retries=1")), stages="fix", retry_failed=True)
+        again = curate.run(config(work, *openai_options(server, "fix.openai.max_retries=1")), stages="fix",
+                           retry_failed=True)
+        assert again["stages"]["fix"]["retried"] == 1 and again["stages"]["fix"]["usage"]["requests"] == 2
+        last = curate.run(config(work, *openai_options(server)), stages="fix", retry_failed=True)
     fixed = one_per_key(work / "fixed.jsonl")
     assert fixed["b"]["text"].startswith("Fixed: FLAKY3") and server.count("FLAKY3") == 4
-    assert json.loads((work / "fix_usage.json").read_text())["requests"] == len(server.requests)
+    assert json.loads((work / "fix_usage.json").read_text())["requests"] == len(server.requests) == 5  # a: 1, b: 2 + 2
+    assert last["stages"]["fix"]["retried"] == 0 and "usage" not in last["stages"]["fix"]  # nothing left to ask
 
 
 @pytest.mark.parametrize("status, key", [(401, "curate.fix.openai.api_key_env: the server refused the key"),
