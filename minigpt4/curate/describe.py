@@ -138,7 +138,7 @@ def run_describe(cfg, work: WorkDir, *, model=None, vis_processor=None, model_ar
 
     shard_errors = ShardErrors()
     keys, unique = [], set()
-    for item in sources.select(cfg.images, cfg.num_images, int(cfg.seed), shard_errors):
+    for item in sources.select(cfg.images, cfg.num_images, int(cfg.seed), ShardErrors()):  # listing pass
         if item.key in unique:
             log.warning("describe %s: a second sample with this key is left out", item.key)
             continue
