@@ -4,8 +4,10 @@
     torchrun --nproc-per-node N train.py --cfg-path ...
 
 Config -> distributed init -> seeds (seed + rank) -> task -> datasets -> model -> runner, as the original.
-Bad input (unknown key, missing file, mismatched checkpoint, unwritable output folder) is a one-line error
-with exit code 2 before any model is loaded; a NaN/inf loss stops the run with exit code 3.
+Exit codes: 0 done (or stopped by ``run.max_seconds``, with a checkpoint); 2 bad input (unknown key, missing
+file, mismatched checkpoint, unwritable output folder: a one-line error before any model is loaded) or a
+checkpoint that could not be written; 3 a NaN/inf loss; 128 + the signal number (143 for SIGTERM, 130 for
+SIGINT) after a stop signal was honoured with a checkpoint, so a job script can requeue on it.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import logging
 import os
 import random
+import signal
 import sys
 
 import numpy as np
@@ -105,6 +108,8 @@ def main(argv=None) -> int:
     result = runner.train()
     if info.is_main:
         log.info("done: %s", result)
+    if result.get("stop_signal"):
+        return 128 + int(signal.Signals[result["stop_signal"]])
     return 0
 
 

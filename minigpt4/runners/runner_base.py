@@ -198,6 +198,7 @@ class RunnerBase:
         self.optimizer.zero_grad(set_to_none=True)
         self._t_start = time.perf_counter()
         self._terminate = False
+        self.stop_signal: int | None = None  # the signal that stopped the run, if one did
         last = {}
         stop_signals = (signal.SIGTERM, signal.SIGINT) if _main_thread() else ()
         previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in stop_signals}
@@ -207,6 +208,8 @@ class RunnerBase:
                 last = stats or last
                 if stopped:
                     last = {**last, "stopped_at": global_step}
+                    if self.stop_signal is not None:
+                        last["stop_signal"] = signal.Signals(self.stop_signal).name
                     break
                 epoch, step, sums = epoch + 1, 0, [0.0, 0.0, 0]
         finally:
@@ -235,6 +238,8 @@ class RunnerBase:
             raise KeyboardInterrupt
         log.warning("%s: stopping at the next optimizer step with a checkpoint", signal.Signals(signum).name)
         self._terminate = True
+        if self.stop_signal is None:
+            self.stop_signal = signum
 
     def _train_epoch(self, epoch: int, start: int, global_step: int, sums: list):
         """Steps ``start..iters_per_epoch-1`` of ``epoch``.
