@@ -59,7 +59,8 @@ def test_transparency_is_composited_on_white():
     assert got[0, 0].tolist() == [200, 0, 0] and got[3, 3].tolist() == [255, 255, 255]
     la = pixels(open_image(encode(Image.fromarray(np.dstack([np.full((2, 2), 40, np.uint8),
                                                               np.array([[255, 0], [128, 255]], np.uint8)]), "LA"))))
-    assert la[0, 0].tolist() == [40] * 3 and la[0, 1].tolist() == [255] * 3 and la[1, 0].tolist() == [147] * 3  # 40 * 128/255 + 255 * 127/255
+    # half-transparent grey 40 on white: 40 * 128/255 + 255 * 127/255 = 147
+    assert la[0, 0].tolist() == [40] * 3 and la[0, 1].tolist() == [255] * 3 and la[1, 0].tolist() == [147] * 3
 
     palette = Image.new("P", (2, 1))
     palette.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train_helpers import REPO, free_port, run_train, subprocess_env, train_config, write_align_folder, write_config
+from tests.train_helpers import (REPO, free_port, run_train, subprocess_env, train_config, write_align_folder,
+                                 write_config)
 
 pytestmark = pytest.mark.slow
 
