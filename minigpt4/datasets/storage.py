@@ -3,9 +3,9 @@
 Accepted forms: one string or a list of strings; each is a brace pattern
 (``/data/laion/{00000..10488}.tar``, several joined with ``::`` as webdataset allows), a glob
 (``/data/cc_sbu/*.tar``), a directory (all ``*.tar``, ``*.tar.gz`` and ``*.tgz`` inside) or a remote
-URL (``pipe:``, ``s3://``, ``https://`` ...; not checked). A local pattern that matches no file is an error naming the dataset
-and the pattern; a pattern of which only some shards exist (an interrupted download) is used with a
-warning that says how many are missing.
+URL (``pipe:``, ``s3://``, ``https://`` ...; not checked). A local pattern that matches no file is an
+error naming the dataset and the pattern; a pattern of which only some shards exist (an interrupted
+download) is used with a warning that says how many are missing.
 """
 from __future__ import annotations
 
