@@ -29,6 +29,7 @@ class Item:
     load: Callable[[], Image.Image]
     error: str | None = None  # known bad before loading (e.g. a sample without an image)
     kind: str = "image"  # output field naming ``source``: "image" (a file) or "shard"
+    label: str | None = None  # the class, for a labelled listing
 
 
 def image_extensions() -> set[str]:
@@ -72,10 +73,8 @@ class ShardErrors:
         return True
 
 
-def shard_items(pattern: str, errors: ShardErrors) -> Iterator[Item]:
-    """Samples of webdataset shards (a brace pattern such as ``data/{00000..00009}.tar``), raw bytes.
-    Missing shard files are an error right away."""
-    import webdataset as wds
+def shard_urls(pattern: str) -> list[str]:
+    """The shards of a brace pattern such as ``data/{00000..00009}.tar``; missing files are an error."""
     from braceexpand import braceexpand
 
     urls = list(braceexpand(pattern))
@@ -83,6 +82,16 @@ def shard_items(pattern: str, errors: ShardErrors) -> Iterator[Item]:
     if missing:
         raise FileNotFoundError(f"--images {pattern}: not a folder, and {len(missing)} shard(s) do not exist, "
                                 f"e.g. {missing[0]}")
+    return urls
+
+
+def shard_items(pattern: str, errors: ShardErrors, urls: list[str] | None = None) -> Iterator[Item]:
+    """Samples of webdataset shards (``urls``, default: all of ``pattern``), raw bytes."""
+    import webdataset as wds
+
+    urls = shard_urls(pattern) if urls is None else urls
+    if not urls:
+        return iter(())
     return _samples(wds.WebDataset(urls, shardshuffle=False, handler=errors, empty_check=False), pattern)
 
 
