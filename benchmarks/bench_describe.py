@@ -155,7 +155,8 @@ def main(argv=None) -> int:
         "embed_texts": args.texts, "embed_mean_tokens": tokens,
         "embeddings_per_s": {name: round(v, 1) for name, v in emb.items()},
         "embed_batch64_over_batch1": round(emb["short_batch_64"] / emb["short_batch_1"], 2),
-        "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()], "platform": platform.platform(), "torch": torch.__version__},
+        "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
+                    "platform": platform.platform(), "torch": torch.__version__},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
