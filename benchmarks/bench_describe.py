@@ -137,11 +137,11 @@ def main(argv=None) -> int:
                 "paragraph_batch_64": (paragraph[:64], 64)}
     emb_times = {name: [] for name in settings}
     for _ in range(args.rounds):
-        for name, (subset, batch) in settings.items():
+        for setting, (subset, batch) in settings.items():
             start = time.perf_counter()
             embed_texts(encoder, subset, batch, progress=False)
-            emb_times[name].append(len(subset) / (time.perf_counter() - start))
-    emb = {name: statistics.median(v) for name, v in emb_times.items()}
+            emb_times[setting].append(len(subset) / (time.perf_counter() - start))
+    emb = {setting: statistics.median(v) for setting, v in emb_times.items()}
     tokens = {kind: round(statistics.mean(len(encoder.tokenize([t]).input_ids[0]) for t in subset[:64]), 1)
               for kind, subset in (("short", short), ("paragraph", paragraph))}
 
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         "batch8_same_text_as_batch1": f"{same}/{len(texts[1])}",
         "encoder": encoder.name, "encoder_dim": encoder.dim,
         "embed_texts": args.texts, "embed_mean_tokens": tokens,
-        "embeddings_per_s": {name: round(v, 1) for name, v in emb.items()},
+        "embeddings_per_s": {setting: round(v, 1) for setting, v in emb.items()},
         "embed_batch64_over_batch1": round(emb["short_batch_64"] / emb["short_batch_1"], 2),
         "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
                     "platform": platform.platform(), "torch": torch.__version__},
