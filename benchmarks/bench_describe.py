@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     embed_texts(encoder, short[:64], 64, progress=False)  # warm-up
     settings = {"short_batch_1": (short[:32], 1), "short_batch_64": (short, 64),
                 "paragraph_batch_64": (paragraph[:64], 64)}
-    emb_times = {name: [] for name in settings}
+    emb_times = {setting: [] for setting in settings}
     for _ in range(args.rounds):
         for setting, (subset, batch) in settings.items():
             start = time.perf_counter()
