@@ -5,8 +5,8 @@
     torchrun --nproc-per-node 4 -m minigpt4.caption --cfg-path ... --images train/ --labels dirs \\
         --prompt "Describe this {label} in detail." --out descriptions.jsonl
 
-``--images`` is a folder (every image file below it, recursive, sorted) or webdataset shards (a brace
-pattern of ``.tar`` files whose samples hold ``jpg``/``png``/...). ``--labels dirs`` reads it as an
+``--images`` is a folder (every image file below it, recursive, sorted), one image file, or webdataset
+shards (a brace pattern of ``.tar`` files whose samples hold ``jpg``/``png``/...). ``--labels dirs`` reads it as an
 image-classification folder (``ROOT/<class>/...``, label = the class folder); ``--list FILE`` takes the
 images and labels from a CSV (``path,label`` header) or JSONL (``{"path", "label"}``) file, paths relative
 to ``--images`` or absolute inside it. A ``{label}`` field in ``--prompt`` is replaced by the image's class
@@ -14,7 +14,8 @@ name (``--label-names`` maps ids such as ``n01440764`` to names; underscores rea
 
 Each output line is ``{"key", "image" | "shard", ["label"], "caption"}``, or ``"error"`` instead of
 ``"caption"`` for an image that could not be read, so one bad file never stops the run. The key is the
-image's path relative to the folder (or the webdataset ``__key__``). Under torchrun each rank captions its
+image's path relative to the folder (or the webdataset ``__key__``); a name that is not UTF-8 keeps its
+bytes as ``\\udcXX`` escapes (``os.fsencode(key)`` gives them back). Under torchrun each rank captions its
 share of what is left and appends to ``<out>.part-<rank>-of-<world>``; at the end the parts are merged
 into ``--out`` in the order of the input listing. Rows whose key is already written (in ``--out`` or any
 part) are skipped: running the same command again, with any number of ranks, resumes where it stopped.
@@ -29,6 +30,7 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 log = logging.getLogger("minigpt4.caption")
@@ -78,6 +80,22 @@ def check_args(args) -> None:
     if labelled and not Path(args.images).is_dir():
         why = "--list paths are relative to it" if args.list else "--labels dirs reads class folders under it"
         raise ValueError(f"--images {args.images}: not a folder ({why})")
+    check_out(Path(args.out))
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must be a file path whose folder can be written (one line instead of a traceback)."""
+    if out.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the path of a .jsonl file, e.g. {out / 'captions.jsonl'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent):
+            pass
+        if out.exists():
+            with open(out, "ab"):
+                pass
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
 def listing(args):
@@ -91,6 +109,8 @@ def listing(args):
         items, others = image_lists.class_folder_items(source)
     elif source.is_dir():
         items, others = caption_io.folder_items(source)
+    elif source.is_file() and source.suffix.lower() in caption_io.image_extensions():  # one image
+        return [caption_io.Item(source.name, str(source), lambda: caption_io.load_image(source))], None
     else:
         return None, caption_io.shard_urls(args.images)
     if others:

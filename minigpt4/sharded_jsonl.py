@@ -87,7 +87,9 @@ class JsonlOutput:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a", encoding="utf-8")
+        # a file name that is not UTF-8 (kept by Python as lone surrogates, e.g. "caf\udce9.jpg") is written as
+        # the JSON escape \udce9: valid UTF-8, read back as the same string (os.fsencode gives the bytes)
+        self.file = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
         _lock(self.file, self.path)
         self.done: set = {key for key, _, _ in _rows(self.path, truncate=True)}
 
