@@ -16,6 +16,7 @@ from PIL import Image
 
 from minigpt4.conversation.conversation import load_image
 from minigpt4.sharded_jsonl import JsonlOutput  # noqa: F401  (re-exported)
+from minigpt4.walk import log_skipped, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,9 @@ def folder_items(folder: Path) -> tuple[list[Item], list[Path]]:
     non-image files that were left out."""
     exts = image_extensions()
     items, others = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files, skipped = walk_files(folder)  # links, FIFOs and unlistable folders are logged with their reason
+    log_skipped(folder, skipped)
+    for path in files:
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
             continue

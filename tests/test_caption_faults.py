@@ -71,3 +71,39 @@ def test_output_path_problems_are_one_line_errors(workdir, tmp_path, capsys, bad
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"minigpt4.caption: error: --out {out}: {message}"), err[-1]
     assert not any("Traceback" in line for line in err)
+
+
+def test_every_entry_left_out_of_a_folder_has_a_reason(tmp_path, monkeypatch, caplog):
+    from minigpt4 import caption_io
+    from minigpt4.walk import walk_files
+
+    root = tmp_path / "images"
+    (root / "locked").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    draw_scene(3).save(tmp_path / "elsewhere" / "linked.jpg")
+    draw_scene(4).save(root / "real.jpg")
+    (root / "locked" / "hidden_by_permissions.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "elsewhere", root / "more")       # a linked folder: followed
+    os.symlink(root / "real.jpg", root / "alias.jpg")        # a linked file: read
+    os.symlink(root / "nowhere.jpg", root / "dangling.jpg")
+    os.symlink(root / "self.jpg", root / "self.jpg")         # a link to itself
+    os.symlink(tmp_path, root / "parent")                    # a loop through a parent
+    os.mkfifo(root / "pipe.jpg")                             # reading it would block forever
+    real_scandir = os.scandir
+
+    def scandir(path):  # this process is root, for whom permissions do not apply: refuse one folder here
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    files, skipped = walk_files(root)
+    assert [f.relative_to(root).as_posix() for f in files] == ["alias.jpg", "more/linked.jpg", "real.jpg"]
+    assert {p.name: reason for p, reason in skipped} == {
+        "dangling.jpg": "dangling link (its target does not exist)", "self.jpg": "link loop",
+        "parent": "link to a folder that holds the listed one (a loop)",
+        "pipe.jpg": "not a regular file (FIFO, socket or device)",
+        "locked": "cannot list this folder (Permission denied)"}
+    items, _ = caption_io.folder_items(root)
+    assert [item.key for item in items] == ["alias.jpg", "more/linked.jpg", "real.jpg"]
+    assert "left out 1 entry: link loop" in caplog.text and "pipe.jpg" in caplog.text
