@@ -7,7 +7,6 @@ reason, so a bad image becomes an error row instead of stopping the run.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,6 +14,7 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from minigpt4.conversation.conversation import load_image
+from minigpt4.images import open_image
 from minigpt4.sharded_jsonl import JsonlOutput  # noqa: F401  (re-exported)
 from minigpt4.walk import log_skipped, walk_files
 
@@ -56,12 +56,8 @@ def folder_items(folder: Path) -> tuple[list[Item], list[Path]]:
 
 
 def load_image_bytes(data: bytes, where: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    """RGB, or ``ValueError`` (unreadable, or over the default pixel limit: see :mod:`minigpt4.images`)."""
+    return open_image(data, where=where)
 
 
 class ShardErrors:
@@ -74,6 +70,13 @@ class ShardErrors:
         self.errors.append(f"{type(exc).__name__}: {exc}")
         log.error("skipping unreadable shard data: %s", self.errors[-1])
         return True
+
+    def take(self, counter) -> None:
+        """The shard problems a :class:`~minigpt4.datasets.skips.SkipCounter` collected since the last call."""
+        counter.take()
+        for reason, detail in counter.take_details():
+            self.errors.append(f"{reason}: {detail}")
+            log.error("skipping unreadable shard data: %s", self.errors[-1])
 
 
 def shard_urls(pattern: str) -> list[str]:
@@ -90,17 +93,32 @@ def shard_urls(pattern: str) -> list[str]:
 
 def shard_items(pattern: str, errors: ShardErrors, urls: list[str] | None = None) -> Iterator[Item]:
     """Samples of webdataset shards (``urls``, default: all of ``pattern``), raw bytes."""
-    import webdataset as wds
-
     urls = shard_urls(pattern) if urls is None else urls
     if not urls:
         return iter(())
-    return _samples(wds.WebDataset(urls, shardshuffle=False, handler=errors, empty_check=False), pattern)
+    return _samples(_shard_samples(urls, errors), pattern)
+
+
+def _shard_samples(urls: list[str], errors: ShardErrors):
+    """The samples of ``urls`` as training reads them (:mod:`minigpt4.datasets.webdata`): compressed tars
+    too, and a shard that ends early, even exactly between two members, is reported."""
+    from minigpt4.datasets.skips import SkipCounter
+    from minigpt4.datasets.webdata import group_samples, tar_members
+
+    counter = SkipCounter("--images", keep_details=10**9)
+    for sample in group_samples(tar_members(({"url": url} for url in urls), counter)):
+        errors.take(counter)
+        yield sample
+    errors.take(counter)
 
 
 def _samples(dataset, pattern: str) -> Iterator[Item]:
     for sample in dataset:
         key, url = sample["__key__"], sample.get("__url__", pattern)
+        if sample.get("__duplicates__"):
+            twice = ", ".join(sorted(set(sample["__duplicates__"])))
+            yield Item(key, url, lambda: None, error=f"the sample holds more than one {twice} member", kind="shard")
+            continue
         ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
         if ext is None:
             fields = sorted(k for k in sample if not k.startswith("__"))

@@ -107,3 +107,34 @@ def test_every_entry_left_out_of_a_folder_has_a_reason(tmp_path, monkeypatch, ca
     items, _ = caption_io.folder_items(root)
     assert [item.key for item in items] == ["alias.jpg", "more/linked.jpg", "real.jpg"]
     assert "left out 1 entry: link loop" in caplog.text and "pipe.jpg" in caplog.text
+
+
+def test_shards_cut_between_members_compressed_or_with_a_member_twice(workdir, tmp_path, capsys):
+    import gzip
+    import io
+    import tarfile
+
+    import webdataset as wds
+
+    image = (workdir / "images" / "plain.png").read_bytes()
+    for prefix in "ab":
+        with wds.TarWriter(str(tmp_path / f"{prefix}.tar")) as sink:
+            for i in range(4):
+                sink.write({"__key__": f"{prefix}{i}", "png": image})
+    (tmp_path / "00001.tar.gz").write_bytes(gzip.compress((tmp_path / "a.tar").read_bytes()))
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        cut = tar.getmembers()[2].offset  # exactly where sample b2 starts: b2 and b3 are lost
+    (tmp_path / "00002.tar").write_bytes((tmp_path / "b.tar").read_bytes()[:cut])
+    with tarfile.open(tmp_path / "00003.tar", "w") as tar:
+        for _ in range(2):
+            info = tarfile.TarInfo("d.png")
+            info.size = len(image)
+            tar.addfile(info, io.BytesIO(image))
+    out = tmp_path / "shards.jsonl"
+    assert caption.main(_argv(workdir, tmp_path / "{00001.tar.gz,00002.tar,00003.tar}", out)) == 0
+    rows = {r["key"]: r for r in _rows(out)}
+    assert sorted(rows) == ["a0", "a1", "a2", "a3", "b0", "b1", "d"]
+    assert all("caption" in rows[k] for k in ("a0", "a3", "b1"))
+    assert rows["d"]["error"] == "the sample holds more than one png member"
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.endswith("unreadable shard data 1")  # the cut shard, reported, not silently short
