@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 _SHOW = 3
 
 
-def walk_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """(regular files under ``folder``, sorted by path; entries left out, each with its reason)."""
+def walk_files(folder: Path, hidden: bool = False) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(regular files under ``folder``, sorted by path; entries left out, each with its reason). Hidden
+    entries (names starting with ``.``) are neither listed nor reported unless ``hidden``."""
     files: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     seen: set[tuple[int, int]] = set()
@@ -40,6 +41,8 @@ def walk_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
             skipped.append((path, f"cannot list this folder ({exc.strerror})"))
             return
         for entry in entries:
+            if not hidden and entry.name.startswith("."):
+                continue
             child = Path(entry.path)
             try:
                 st = os.stat(child)

@@ -89,6 +89,7 @@ def test_every_entry_left_out_of_a_folder_has_a_reason(tmp_path, monkeypatch, ca
     os.symlink(root / "self.jpg", root / "self.jpg")         # a link to itself
     os.symlink(tmp_path, root / "parent")                    # a loop through a parent
     os.mkfifo(root / "pipe.jpg")                             # reading it would block forever
+    os.mkfifo(root / ".hidden_pipe")                         # hidden: ignored, as hidden files are
     real_scandir = os.scandir
 
     def scandir(path):  # this process is root, for whom permissions do not apply: refuse one folder here
