@@ -4,8 +4,10 @@
     torchrun --nproc-per-node N train.py --cfg-path ...
 
 Config -> distributed init -> seeds (seed + rank) -> task -> datasets -> model -> runner, as the original.
-Bad input (unknown key, missing file, mismatched checkpoint, unwritable output folder) is a one-line error
-with exit code 2 before any model is loaded; a NaN/inf loss stops the run with exit code 3.
+Exit codes: 0 done (or stopped by ``run.max_seconds``, with a checkpoint); 2 bad input (unknown key, missing
+file, mismatched checkpoint, unwritable output folder: a one-line error before any model is loaded) or a
+checkpoint that could not be written; 3 a NaN/inf loss; 128 + the signal number (143 for SIGTERM, 130 for
+SIGINT) after a stop signal was honoured with a checkpoint, so a job script can requeue on it.
 Arguments are parsed before torch is imported, so --help and usage errors are instant.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import logging
 import os
 import random
+import signal
 import sys
 
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg
@@ -32,8 +35,9 @@ EXAMPLES = """examples:
   # continue the newest run under run.output_dir where it stopped
   torchrun --nproc-per-node 4 train.py --cfg-path train_configs/minigpt4_stage1_pretrain.yaml --resume auto
 
-exit status: 0 done (or stopped cleanly by SIGTERM/Ctrl-C/run.max_seconds with a checkpoint), 2 bad input,
-3 the loss became NaN/inf.
+exit status: 0 done (or stopped by run.max_seconds, with a checkpoint), 2 bad input or a checkpoint that could
+not be written, 3 the loss became NaN/inf, 128 + the signal number (143 SIGTERM, 130 Ctrl-C) after a stop
+signal was honoured with a checkpoint.
 """
 
 
@@ -50,6 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue a run: 'auto' = the latest resume file under run.output_dir, or a resume "
                         "file / job folder (same as run.resume_ckpt_path; default: a new run)")
+    p.add_argument("--allow-fresh", action="store_true",
+                   help="with --resume auto: start a new run when run.output_dir holds runs but no usable resume "
+                        "file (refused otherwise)")
     return p.parse_args(argv)
 
 
@@ -64,17 +71,43 @@ def setup_seeds(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def resolve_resume(run, flag: str | None):
-    """``--resume`` (or ``run.resume_ckpt_path``) -> a resume file path, or None for a fresh run."""
-    from minigpt4.runners import checkpointing as C
+def resolve_resume(run, flag: str | None, allow_fresh: bool = False):
+    """``--resume`` (or ``run.resume_ckpt_path``) -> a resume file path, or None for a fresh run.
 
-    if flag == "auto":
-        found = C.find_latest(run.get("output_dir", "output"))
-        if found is None:
-            log.info("--resume auto: no resume file under %s, starting a new run", run.get("output_dir"))
-        return found
-    target = flag or run.get("resume_ckpt_path")
-    return C.find_resume(target) if target else None
+    ``auto`` takes the newest resume file under ``run.output_dir``; with none at all it starts a new run.
+    A newest resume file that is unusable, or job folders that hold a run but no resume file, are refused
+    (the run would silently start over) unless ``allow_fresh``, which starts a new run with a warning.
+    """
+    from minigpt4.common.config import ConfigError
+    from minigpt4.models.checkpoint import CheckpointError
+    from minigpt4.runners import checkpointing as C
+    from minigpt4.runners.output import runs_without_resume
+
+    if allow_fresh and flag != "auto":
+        raise ConfigError("--allow-fresh only applies to --resume auto")
+    if flag != "auto":
+        target = flag or run.get("resume_ckpt_path")
+        return C.find_resume(target) if target else None
+    out_dir = run.get("output_dir", "output")
+    found = C.find_latest(out_dir)
+    if found is not None:
+        try:
+            C.load_resume(found)
+            return found
+        except (ValueError, FileNotFoundError, CheckpointError) as e:
+            problem = f"--resume auto: the newest resume file is unusable: {e}"
+    else:
+        orphans = runs_without_resume(out_dir)
+        if not orphans:
+            log.info("--resume auto: no run under %s yet, starting a new run", out_dir)
+            return None
+        folder, traces = orphans[-1]
+        problem = f"--resume auto: {folder} holds a run ({', '.join(traces)}) but no {C.RESUME_FILE}"
+    if not allow_fresh:
+        raise ConfigError(f"{problem}; refusing to start over: pass --resume PATH for another resume file, "
+                          f"or --allow-fresh to start a new run")
+    log.warning("%s; starting a new run (--allow-fresh)", problem)
+    return None
 
 
 def check_resume(path, world_size: int) -> None:
@@ -111,7 +144,7 @@ def main(argv=None, args=None) -> int:
     info = D.init_distributed_mode(run)
     setup_logger(info.rank)
     job_id = D.broadcast_object(run.get("job_id") or new_job_id())
-    resume = resolve_resume(run, args.resume)
+    resume = resolve_resume(run, args.resume, args.allow_fresh)
     if resume is not None:
         check_resume(resume, info.world_size)
         run.resume_ckpt_path = str(resume)
@@ -134,6 +167,8 @@ def main(argv=None, args=None) -> int:
     result = runner.train()
     if info.is_main:
         log.info("done: %s", result)
+    if result.get("stop_signal"):
+        return 128 + int(signal.Signals[result["stop_signal"]])
     return 0
 
 
@@ -143,10 +178,11 @@ def cli(argv=None) -> int:
     from minigpt4.common.config import ConfigError
     from minigpt4.models.checkpoint import CheckpointError
     from minigpt4.runners import TrainingDiverged
+    from minigpt4.runners.checkpointing import CheckpointWriteError
 
     try:
         return main(args=args)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
+    except (ConfigError, CheckpointError, CheckpointWriteError, FileNotFoundError, ValueError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"train.py: error: {msg}", file=sys.stderr)
         return 2

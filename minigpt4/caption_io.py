@@ -7,7 +7,6 @@ reason, so a bad image becomes an error row instead of stopping the run.
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 from pathlib import Path
 from typing import Callable, Iterator
@@ -15,7 +14,9 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from minigpt4.conversation.conversation import load_image
+from minigpt4.images import open_image
 from minigpt4.sharded_jsonl import JsonlOutput  # noqa: F401  (re-exported)
+from minigpt4.walk import log_skipped, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Item:
     load: Callable[[], Image.Image]
     error: str | None = None  # known bad before loading (e.g. a sample without an image)
     kind: str = "image"  # output field naming ``source``: "image" (a file) or "shard"
+    label: str | None = None  # the class, for a labelled listing
 
 
 def image_extensions() -> set[str]:
@@ -40,7 +42,9 @@ def folder_items(folder: Path) -> tuple[list[Item], list[Path]]:
     non-image files that were left out."""
     exts = image_extensions()
     items, others = [], []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    files, skipped = walk_files(folder)  # links, FIFOs and unlistable folders are logged with their reason
+    log_skipped(folder, skipped)
+    for path in files:
         rel = path.relative_to(folder)
         if any(part.startswith(".") for part in rel.parts):
             continue
@@ -52,12 +56,8 @@ def folder_items(folder: Path) -> tuple[list[Item], list[Path]]:
 
 
 def load_image_bytes(data: bytes, where: str) -> Image.Image:
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()
-            return img.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from exc
+    """RGB, or ``ValueError`` (unreadable, or over the default pixel limit: see :mod:`minigpt4.images`)."""
+    return open_image(data, where=where)
 
 
 class ShardErrors:
@@ -71,11 +71,16 @@ class ShardErrors:
         log.error("skipping unreadable shard data: %s", self.errors[-1])
         return True
 
+    def take(self, counter) -> None:
+        """The shard problems a :class:`~minigpt4.datasets.skips.SkipCounter` collected since the last call."""
+        counter.take()
+        for reason, detail in counter.take_details():
+            self.errors.append(f"{reason}: {detail}")
+            log.error("skipping unreadable shard data: %s", self.errors[-1])
 
-def shard_items(pattern: str, errors: ShardErrors) -> Iterator[Item]:
-    """Samples of webdataset shards (a brace pattern such as ``data/{00000..00009}.tar``), raw bytes.
-    Missing shard files are an error right away."""
-    import webdataset as wds
+
+def shard_urls(pattern: str) -> list[str]:
+    """The shards of a brace pattern such as ``data/{00000..00009}.tar``; missing files are an error."""
     from braceexpand import braceexpand
 
     urls = list(braceexpand(pattern))
@@ -83,12 +88,37 @@ def shard_items(pattern: str, errors: ShardErrors) -> Iterator[Item]:
     if missing:
         raise FileNotFoundError(f"--images {pattern}: not a folder, and {len(missing)} shard(s) do not exist, "
                                 f"e.g. {missing[0]}")
-    return _samples(wds.WebDataset(urls, shardshuffle=False, handler=errors, empty_check=False), pattern)
+    return urls
+
+
+def shard_items(pattern: str, errors: ShardErrors, urls: list[str] | None = None) -> Iterator[Item]:
+    """Samples of webdataset shards (``urls``, default: all of ``pattern``), raw bytes."""
+    urls = shard_urls(pattern) if urls is None else urls
+    if not urls:
+        return iter(())
+    return _samples(_shard_samples(urls, errors), pattern)
+
+
+def _shard_samples(urls: list[str], errors: ShardErrors):
+    """The samples of ``urls`` as training reads them (:mod:`minigpt4.datasets.webdata`): compressed tars
+    too, and a shard that ends early, even exactly between two members, is reported."""
+    from minigpt4.datasets.skips import SkipCounter
+    from minigpt4.datasets.webdata import group_samples, tar_members
+
+    counter = SkipCounter("--images", keep_details=10**9)
+    for sample in group_samples(tar_members(({"url": url} for url in urls), counter)):
+        errors.take(counter)
+        yield sample
+    errors.take(counter)
 
 
 def _samples(dataset, pattern: str) -> Iterator[Item]:
     for sample in dataset:
         key, url = sample["__key__"], sample.get("__url__", pattern)
+        if sample.get("__duplicates__"):
+            twice = ", ".join(sorted(set(sample["__duplicates__"])))
+            yield Item(key, url, lambda: None, error=f"the sample holds more than one {twice} member", kind="shard")
+            continue
         ext = next((e for e in SHARD_IMAGE_EXTS if e in sample), None)
         if ext is None:
             fields = sorted(k for k in sample if not k.startswith("__"))

@@ -24,6 +24,8 @@ import json
 import logging
 import os
 import re
+import signal
+import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -63,16 +65,33 @@ def _rows(path: Path, truncate: bool = False):
     return rows
 
 
+def _lock(file, path: Path) -> None:
+    """An exclusive lock on an open file, held until it is closed (or the process dies): two runs never
+    write one file at once."""
+    try:
+        import fcntl
+    except ImportError:  # not on POSIX: no locking
+        return
+    try:
+        fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise ValueError(f"{path}: another process is writing this file (a run still going?); "
+                         "wait for it or stop it, then run again") from None
+
+
 class JsonlOutput:
-    """Append-only JSONL with the keys already written (``done``); fsync after every ``write``."""
+    """Append-only JSONL with the keys already written (``done``); fsync after every ``write``. The file
+    is locked while open."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.done: set = set()
-        if self.path.exists():
-            self.done.update(key for key, _, _ in _rows(self.path, truncate=True))
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a", encoding="utf-8")
+        # a file name that is not UTF-8 (kept by Python as lone surrogates, e.g. "caf\udce9.jpg") is written as
+        # the JSON escape \udce9: valid UTF-8, read back as the same string (os.fsencode gives the bytes)
+        self.file = open(self.path, "a", encoding="utf-8", errors="backslashreplace")
+        _lock(self.file, self.path)
+        self.done: set = {key for key, _, _ in _rows(self.path, truncate=True)}
 
     def write(self, rows: list[dict]) -> None:
         for row in rows:
@@ -137,6 +156,17 @@ class ShardedJsonl:
         it follow, as found), then remove the parts. Returns the number of rows in ``out``."""
         self.close()
         sources = [p for p in [self.out, *self.part_files()] if p.exists()]
+        locks = []
+        try:
+            for path in sources:  # no rank (of this run or a stray one) is still writing
+                locks.append(open(path, "rb"))
+                _lock(locks[-1], path)
+            return self._merge(sources, order)
+        finally:
+            for lock in locks:
+                lock.close()
+
+    def _merge(self, sources: list[Path], order) -> int:
         spans: dict = {}
         for path in sources:
             for key, start, end in _rows(path):
@@ -178,7 +208,20 @@ def launch_ranks(device: str | None = None):
     run is rank 0 of 1. Returns :class:`minigpt4.common.dist.DistInfo`."""
     from minigpt4.common import dist as D
 
+    _exit_with_launcher()
     return D.init_distributed_mode({"distributed": True, "device": device})
+
+
+def _exit_with_launcher() -> None:
+    """Under torchrun on Linux, die with the launcher: a killed launcher otherwise leaves its workers
+    writing while the rerun starts."""
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the launcher is already gone
+        os._exit(1)
 
 
 def glob_escape(name: str) -> str:

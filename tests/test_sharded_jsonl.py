@@ -160,3 +160,16 @@ def test_sigkill_mid_write_then_rerun_gives_every_key_once(tmp_path):
     final.close()
     assert final.merge(order=[f"k{i:04d}" for i in range(n)]) == n
     assert [r["key"] for r in rows(out)] == [f"k{i:04d}" for i in range(n)]
+
+
+def test_two_writers_of_one_file_are_refused(tmp_path):
+    out = tmp_path / "o.jsonl"
+    first = ShardedJsonl(out, 0, 2)
+    with pytest.raises(ValueError, match=r"o.jsonl.part-0-of-2: another process is writing this file"):
+        ShardedJsonl(out, 0, 2)
+    other = ShardedJsonl(out, 1, 2)
+    other.close()
+    with pytest.raises(ValueError, match="another process is writing"):
+        other.merge()  # rank 0 of the run has not finished
+    first.close()
+    assert other.merge() == 0 and not list(tmp_path.glob("*.part-*"))

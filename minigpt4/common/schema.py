@@ -64,6 +64,7 @@ DATASET_KEYS: dict[str, tuple] = {
     "resampled": (bool,),
     "shuffle_buffer": (int,),
     "num_workers": (int,),
+    "max_image_pixels": OPT_INT,
 }
 
 RUN_KEYS: dict[str, tuple] = {

@@ -10,11 +10,11 @@ import json
 import logging
 from pathlib import Path
 
-from PIL import Image
 from torch.utils.data import Dataset
 
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope
+from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, UnreadableImage, open_image
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,10 @@ class CCSBUAlignDataset(Dataset):
     ``image_id`` is the running index of the annotation's image id, as in the original.
     """
 
-    def __init__(self, storage: str | Path, vis_processor, text_processor=None, *, name: str = "cc_sbu_align"):
+    def __init__(self, storage: str | Path, vis_processor, text_processor=None, *, name: str = "cc_sbu_align",
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         self.name = name
+        self.max_image_pixels = max_image_pixels
         self.sample_ratio = 1
         self.storage = Path(storage)
         self.vis_processor = vis_processor
@@ -90,15 +92,16 @@ class CCSBUAlignDataset(Dataset):
         return len(self.annotations)
 
     def load(self, index: int, seed: int | None = None) -> dict:
-        """The sample, or :class:`SkipSample` when its image cannot be read."""
+        """The sample, or :class:`SkipSample` when its image cannot be read or is too large."""
         ann = self.annotations[index]
         try:
-            with Image.open(ann["path"]) as img:
-                image = img.convert("RGB")
+            image = open_image(ann["path"], max_pixels=self.max_image_pixels)
         except FileNotFoundError as exn:
             raise skips.SkipSample(skips.MISSING_IMAGE, f"{ann['path']}: {exn!r}") from exn
-        except Exception as exn:  # noqa: BLE001  (PIL raises many types for broken files)
-            raise skips.SkipSample(skips.BAD_IMAGE, f"{ann['path']}: {exn!r}") from exn
+        except ImageTooLarge as exn:
+            raise skips.SkipSample(skips.IMAGE_TOO_LARGE, str(exn)) from exn
+        except UnreadableImage as exn:
+            raise skips.SkipSample(skips.BAD_IMAGE, str(exn)) from exn
         if seed is None:
             pixels = self.vis_processor(image)
         else:

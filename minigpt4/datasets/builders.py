@@ -4,7 +4,8 @@ Registered names as in the original: ``laion`` and ``cc_sbu`` (webdataset shards
 ``cc_sbu_align`` (folder with filter_cap.json, stage 2). Keys read from the block (all declared in
 ``minigpt4.common.schema.DATASET_KEYS``): ``build_info.storage``, ``vis_processor.train``,
 ``text_processor.train``, ``resampled`` (default true), ``shuffle_buffer`` (default 1000),
-``sample_ratio`` (default 1), ``batch_size`` / ``num_workers`` (optional per-dataset overrides).
+``sample_ratio`` (default 1), ``batch_size`` / ``num_workers`` (optional per-dataset overrides),
+``max_image_pixels`` (default ``minigpt4.images.DEFAULT_MAX_IMAGE_PIXELS``; null: Pillow's own limit only).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets.align import CCSBUAlignDataset
 from minigpt4.datasets.storage import expand_storage
 from minigpt4.datasets.webdata import WebImageTextDataset
+from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS
 from minigpt4.processors import build_processor
 
 
@@ -49,6 +51,12 @@ class BaseDatasetBuilder:
             raise ValueError(f"{self._key('build_info.storage')} is not set")
         return OmegaConf.to_object(storage) if OmegaConf.is_config(storage) else storage
 
+    def max_image_pixels(self) -> int | None:
+        value = self.config.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+        if value is not None and value < 1:
+            raise ValueError(f"{self._key('max_image_pixels')} must be >= 1 (or null for no limit), got {value}")
+        return value
+
     def _annotate(self, dataset):
         dataset.name = self.name
         dataset.sample_ratio = self.config.get("sample_ratio", 1)
@@ -70,7 +78,8 @@ class WebImageTextBuilder(BaseDatasetBuilder):
         if shuffle_buffer < 0:
             raise ValueError(f"{self._key('shuffle_buffer')} must be >= 0, got {shuffle_buffer}")
         return WebImageTextDataset(expand_storage(self.name, self.storage()), vis, text, name=self.name,
-                                   resampled=self.config.get("resampled", True), shuffle_buffer=shuffle_buffer)
+                                   resampled=self.config.get("resampled", True), shuffle_buffer=shuffle_buffer,
+                                   max_image_pixels=self.max_image_pixels())
 
 
 @registry.register_builder("laion")
@@ -95,4 +104,5 @@ class CCSBUAlignBuilder(BaseDatasetBuilder):
         storage = self.storage()
         if not isinstance(storage, str):
             raise ValueError(f"{self._key('build_info.storage')} must be one folder, got {storage!r}")
-        return CCSBUAlignDataset(resolve_path(storage), vis, text, name=self.name)
+        return CCSBUAlignDataset(resolve_path(storage), vis, text, name=self.name,
+                                 max_image_pixels=self.max_image_pixels())

@@ -13,13 +13,16 @@ log = logging.getLogger(__name__)
 
 MISSING_IMAGE = "missing_image"        # no .jpg/.jpeg/.png/.webp in the sample (or the file is gone)
 MISSING_CAPTION = "missing_caption"    # neither json["caption"] nor a non-empty .txt
+BAD_CAPTION = "bad_caption"            # the caption file is not UTF-8 text (never decoded with a guess)
 BAD_IMAGE = "bad_image"                # undecodable or truncated image, or the processor failed on it
-BAD_SAMPLE = "bad_sample"              # a malformed tar member group (e.g. duplicate file names)
+IMAGE_TOO_LARGE = "image_too_large"    # more pixels than max_image_pixels (checked before decoding)
+BAD_SAMPLE = "bad_sample"              # a malformed tar member group (e.g. the same file name twice)
 TRUNCATED_SHARD = "truncated_shard"    # a tar that ends early or breaks mid-way (its earlier samples are kept)
 UNREADABLE_SHARD = "unreadable_shard"  # a shard that cannot be opened or is not a tar at all
 
 # A sample cut short by a truncated shard is counted under what it lacks (e.g. missing_caption).
-REASONS = (MISSING_IMAGE, MISSING_CAPTION, BAD_IMAGE, BAD_SAMPLE, TRUNCATED_SHARD, UNREADABLE_SHARD)
+REASONS = (MISSING_IMAGE, MISSING_CAPTION, BAD_CAPTION, BAD_IMAGE, IMAGE_TOO_LARGE, BAD_SAMPLE, TRUNCATED_SHARD,
+           UNREADABLE_SHARD)
 
 # Per process and reason, the first few skips are logged with details; the rest only at DEBUG level.
 _DETAILED_WARNINGS = 5

@@ -4,7 +4,10 @@ when every sample of a planned batch was skipped (map-style) or at the end of a 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
@@ -30,6 +33,55 @@ def _private_generator() -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(0)
     return g
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Worker start: SIGTERM and Ctrl-C are the training process's business.
+
+    torchrun and cluster schedulers signal a rank's whole process group, and a terminal sends Ctrl-C to
+    the foreground group, so workers get the stop signal too; torch's worker loop dies on a SIGTERM that
+    does not come from its parent and exits on SIGINT, which breaks the step the training process is in.
+    Ignoring them lets the training process finish its step, checkpoint and shut its workers down itself
+    (:func:`_shutdown`); a worker whose parent is gone still exits on its own (torch's watchdog).
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """Hold SIGTERM/SIGINT back while workers are forked, so none arrives in a worker before
+    :func:`_ignore_stop_signals` ran (the training process gets it, late by the fork's duration)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _start_loader(loader: DataLoader):
+    if loader.num_workers == 0:
+        return iter(loader)
+    with _stop_signals_blocked():
+        return iter(loader)
+
+
+def _shutdown(it) -> None:
+    """Stop a DataLoader iterator's workers; the ones that ignore the polite SIGTERM are killed."""
+    if it is None or not hasattr(it, "_shutdown_workers"):
+        return
+    it._shutdown_workers()
+    for worker in getattr(it, "_workers", ()):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
 
 
 class _WebStream(IterableDataset):
@@ -91,8 +143,9 @@ class WebSource:
         stream = _WebStream(self.dataset, batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
                             num_streams=self.num_streams, epoch=self.epoch, seed=self.seed,
                             rotation=self.next_stream, positions=self.positions, finished=self.finished)
-        self._it = iter(DataLoader(stream, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
-                                   pin_memory=self.pin_memory, generator=_private_generator()))
+        self._it = _start_loader(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                                            collate_fn=_identity, pin_memory=self.pin_memory,
+                                            generator=_private_generator(), worker_init_fn=_ignore_stop_signals))
 
     def next_batch(self) -> dict:
         while True:
@@ -138,8 +191,7 @@ class WebSource:
 
     def close(self) -> None:
         it, self._it = self._it, None
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        _shutdown(it)
 
 
 # ---------------------------------------------------------------------- map-style (cc_sbu_align)
@@ -211,9 +263,10 @@ class MapSource:
     def _start(self) -> None:
         plan = _BatchPlan(len(self.dataset), self.batch_size, self.rank, self.world_size, self.seed,
                           self.epoch, self.batch)
-        self._it = iter(DataLoader(_MapBatches(self.dataset, self.name, self.seed), batch_size=None, sampler=plan,
-                                   num_workers=self.num_workers, collate_fn=_identity, pin_memory=self.pin_memory,
-                                   generator=_private_generator()))
+        self._it = _start_loader(DataLoader(_MapBatches(self.dataset, self.name, self.seed), batch_size=None,
+                                            sampler=plan, num_workers=self.num_workers, collate_fn=_identity,
+                                            pin_memory=self.pin_memory, generator=_private_generator(),
+                                            worker_init_fn=_ignore_stop_signals))
 
     def next_batch(self) -> dict:
         while True:
@@ -236,5 +289,4 @@ class MapSource:
 
     def close(self) -> None:
         it, self._it = self._it, None
-        if it is not None and hasattr(it, "_shutdown_workers"):
-            it._shutdown_workers()
+        _shutdown(it)

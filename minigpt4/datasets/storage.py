@@ -2,10 +2,10 @@
 
 Accepted forms: one string or a list of strings; each is a brace pattern
 (``/data/laion/{00000..10488}.tar``, several joined with ``::`` as webdataset allows), a glob
-(``/data/cc_sbu/*.tar``), a directory (all ``*.tar`` inside) or a remote URL (``pipe:``, ``s3://``,
-``https://`` ...; not checked). A local pattern that matches no file is an error naming the dataset
-and the pattern; a pattern of which only some shards exist (an interrupted download) is used with a
-warning that says how many are missing.
+(``/data/cc_sbu/*.tar``), a directory (all ``*.tar``, ``*.tar.gz`` and ``*.tgz`` inside) or a remote
+URL (``pipe:``, ``s3://``, ``https://`` ...; not checked). A local pattern that matches no file is an
+error naming the dataset and the pattern; a pattern of which only some shards exist (an interrupted
+download) is used with a warning that says how many are missing.
 """
 from __future__ import annotations
 
@@ -22,13 +22,14 @@ log = logging.getLogger(__name__)
 
 _REMOTE = re.compile(r"^(pipe:|[a-zA-Z][a-zA-Z0-9+.-]*://)")
 _GLOB = re.compile(r"[*?\[]")
+_SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 
 def _expand_local(pattern: str) -> tuple[list[str], int]:
     """(existing files, number of expanded names that do not exist)."""
     as_dir = resolve_path(pattern)
     if as_dir.is_dir():
-        return sorted(glob.glob(str(as_dir / "*.tar"))), 0
+        return sorted(f for ext in _SHARD_SUFFIXES for f in glob.glob(str(as_dir / f"*{ext}"))), 0
     found, missing = [], 0
     for name in expand_urls(pattern):
         if _GLOB.search(name):

@@ -6,30 +6,36 @@ One *stream* is what one DataLoader worker of one rank reads. Stages (webdataset
 1. shard list: ``ResampledShards`` (``resampled: true``, the original's infinite sampling with
    replacement) or, in epoch mode, the shard list shuffled per epoch and split across ranks and then
    workers (each shard read by exactly one stream, one pass);
-2. tar members via ``tar_file_iterator``, one shard at a time, so a truncated or unreadable shard is
-   counted once and its complete samples are kept; ``group_by_keys`` forms the samples;
+2. tar members via ``tar_file_iterator``, one shard at a time (gzip, bzip2 and xz compressed tars are
+   recognised by their first bytes and decompressed), so a truncated or unreadable shard is counted once
+   and its complete samples are kept; :func:`group_samples` forms the samples;
 3. ``shuffle(shuffle_buffer)`` on the raw bytes;
 4. numbering: sample ``i`` of the stream gets ``__index__ = i``; a resumed stream skips the first
    ``skip`` samples here, before any decoding;
-5. checks (image and caption present), ``decode("pilrgb")`` of the image, the vis processor under a
-   seed derived from the sample's place in the stream, the text processor.
+5. checks (no member twice, image present, a caption that is UTF-8 text), the image opened with
+   :func:`minigpt4.images.open_image` (at most ``max_image_pixels``, checked before decoding; any mode to
+   RGB), the vis processor under a seed derived from the sample's place in the stream, the text processor.
 
 Every dropped sample is counted in the stream's :class:`~minigpt4.datasets.skips.SkipCounter`.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import logging
+import lzma
 import random
 from functools import partial
 from itertools import islice
 
 import webdataset as wds
 from torch.utils.data import IterableDataset
-from webdataset.tariterators import group_by_keys, tar_file_iterator
+from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope, mix_seed
+from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, UnreadableImage, open_image
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +70,42 @@ class _TailReader:
         return len(self.tail) == _END_BLOCKS and not any(self.tail)
 
 
+# first bytes of a compressed tar -> the reader that decompresses it
+_COMPRESSED = ((b"\x1f\x8b", lambda f: gzip.GzipFile(fileobj=f, mode="rb")), (b"BZh", bz2.BZ2File),
+               (b"\xfd7zXZ\x00", lzma.LZMAFile))
+
+
+class _Prefixed:
+    """A stream whose first bytes were read to recognise its format, served again before the rest."""
+
+    def __init__(self, head: bytes, stream):
+        self.head, self.stream = head, stream
+
+    def read(self, n=-1):
+        if not self.head:
+            return self.stream.read(n)
+        if n is None or n < 0:
+            data, self.head = self.head + self.stream.read(), b""
+            return data
+        data, self.head = self.head[:n], self.head[n:]
+        return data + (self.stream.read(n - len(data)) if len(data) < n else b"")
+
+
+def _tar_stream(stream):
+    """The uncompressed tar bytes of ``stream`` (a plain tar is passed through)."""
+    head = b""
+    while len(head) < 6:
+        more = stream.read(6 - len(head))
+        if not more:
+            break
+        head += more
+    prefixed = _Prefixed(head, stream)
+    for magic, opener in _COMPRESSED:
+        if head.startswith(magic):
+            return opener(prefixed)
+    return prefixed
+
+
 def tar_members(shards, counter: skips.SkipCounter, max_failures_in_a_row: int | None = None):
     """``{"url": ...}`` dicts -> tar member dicts, with the ``{}`` end-of-shard marker after each shard.
 
@@ -83,9 +125,9 @@ def tar_members(shards, counter: skips.SkipCounter, max_failures_in_a_row: int |
                 raise RuntimeError(f"{counter.name}: {failures} shards in a row could not be opened "
                                    f"(last: {url}: {exn!r})") from exn
             continue
-        reader = _TailReader(stream, url)
         members = 0
         try:
+            reader = _TailReader(_tar_stream(stream), url)  # the end-of-archive check sees uncompressed bytes
             for member in tar_file_iterator(reader):
                 member["__url__"] = url
                 members += 1
@@ -102,6 +144,34 @@ def tar_members(shards, counter: skips.SkipCounter, max_failures_in_a_row: int |
             except Exception as exn:  # noqa: BLE001  (e.g. a pipe: command's exit status; data already counted)
                 log.debug("%s: closing %s: %r", counter.name, url, exn)
         yield {}
+
+
+def group_samples(members):
+    """Tar members -> samples (``{"__key__", "__url__", ext: bytes}``), consecutive members with the same
+    key forming one sample, as webdataset's ``group_by_keys``; a sample that holds a member twice gets
+    ``__duplicates__`` (its extensions) and is dropped with a count by :func:`check_samples` (which of two
+    copies is right cannot be known)."""
+    current = None
+    for member in members:
+        if not member:  # end of a shard: a sample never spans two shards
+            if current is not None:
+                yield current
+            current = None
+            continue
+        key, ext = base_plus_ext(member["fname"])
+        if key is None:
+            continue
+        ext = ext.lower()
+        if current is None or key != current["__key__"]:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__url__": member["__url__"]}
+        if ext in current:
+            current.setdefault("__duplicates__", []).append(ext)
+        else:
+            current[ext] = member["data"]
+    if current is not None:
+        yield current
 
 
 def split_streams(src, rank: int, world_size: int, worker: int, num_workers: int):
@@ -128,12 +198,15 @@ def number_samples(src, skip: int, counter: skips.SkipCounter):
     counter.muted = False
 
 
-def caption_of(sample: dict) -> str | None:
-    """``json["caption"]``, else the ``.txt`` text; None when neither holds a non-empty caption."""
-    raw = sample.get("json")
+def caption_of(sample: dict) -> str:
+    """``json["caption"]``, else the ``.txt`` text (UTF-8, BOM allowed). Raises :class:`SkipSample`
+    (``missing_caption``, or ``bad_caption`` for text that is not UTF-8: it is never decoded with a guess)."""
+    raw, problem = sample.get("json"), None
     if raw is not None:
         try:
             meta = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+        except UnicodeDecodeError as exn:
+            meta, problem = None, f".json is not UTF-8 ({exn.reason} at byte {exn.start})"
         except ValueError:
             meta = None
         caption = meta.get("caption") if isinstance(meta, dict) else None
@@ -141,25 +214,50 @@ def caption_of(sample: dict) -> str | None:
             return caption
     text = sample.get("txt")
     if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
+        try:
+            text = text.decode("utf-8-sig")
+        except UnicodeDecodeError as exn:
+            text, problem = None, f".txt is not UTF-8 ({exn.reason} at byte {exn.start})"
     if isinstance(text, str) and text.strip():
         return text
-    return None
+    if problem is not None:
+        raise skips.SkipSample(skips.BAD_CAPTION, problem)
+    raise skips.SkipSample(skips.MISSING_CAPTION)
 
 
 def check_samples(src, counter: skips.SkipCounter):
     for sample in src:
         where = f"{sample.get('__url__')}:{sample.get('__key__')}"
+        if sample.get("__duplicates__"):
+            counter.add(skips.BAD_SAMPLE, f"{where}: more than one member named "
+                                          f"{', '.join(sorted(set(sample['__duplicates__'])))}")
+            continue
         image_key = next((k for k in IMAGE_KEYS if k in sample), None)
         if image_key is None:
             counter.add(skips.MISSING_IMAGE, where)
             continue
-        caption = caption_of(sample)
-        if caption is None:
-            counter.add(skips.MISSING_CAPTION, where)
+        try:
+            caption = caption_of(sample)
+        except skips.SkipSample as exn:
+            counter.add(exn.reason, f"{where}: {exn.detail}" if exn.detail else where)
             continue
         yield {"__index__": sample["__index__"], "__key__": sample.get("__key__"),
                "__url__": sample.get("__url__"), "__caption__": caption, image_key: sample[image_key]}
+
+
+def decode_images(src, max_pixels: int | None, counter: skips.SkipCounter):
+    for sample in src:
+        key = next(k for k in IMAGE_KEYS if k in sample)
+        where = f"{sample['__url__']}:{sample['__key__']}.{key}"
+        try:
+            sample[key] = open_image(sample[key], max_pixels=max_pixels, where=where)
+        except ImageTooLarge as exn:
+            counter.add(skips.IMAGE_TOO_LARGE, str(exn))
+            continue
+        except UnreadableImage as exn:
+            counter.add(skips.BAD_IMAGE, str(exn))
+            continue
+        yield sample
 
 
 def process_samples(src, vis_processor, text_processor, stream_seed: int, counter: skips.SkipCounter):
@@ -190,7 +288,8 @@ class WebImageTextDataset(IterableDataset):
     """
 
     def __init__(self, urls: list[str], vis_processor, text_processor=None, *, name: str = "webdataset",
-                 resampled: bool = True, shuffle_buffer: int = 1000, seed: int = 0):
+                 resampled: bool = True, shuffle_buffer: int = 1000, seed: int = 0,
+                 max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__()
         if not urls:
             raise ValueError(f"dataset {name!r}: no shards")
@@ -201,6 +300,7 @@ class WebImageTextDataset(IterableDataset):
         self.sample_ratio = 1
         self.resampled = bool(resampled)
         self.shuffle_buffer = int(shuffle_buffer)
+        self.max_image_pixels = max_image_pixels
         self.seed = seed
         self.epoch = 0
         self.counter = skips.SkipCounter(name)  # used by direct iteration only
@@ -226,7 +326,7 @@ class WebImageTextDataset(IterableDataset):
         stages = [
             self.shard_source(rank, world_size, worker, num_workers, epoch, seed),
             partial(tar_members, counter=counter, max_failures_in_a_row=100 if self.resampled else None),
-            partial(group_by_keys, handler=counter.handler(skips.BAD_SAMPLE)),
+            group_samples,
         ]
         if self.shuffle_buffer > 1:
             rng = random.Random(mix_seed(stream_seed, 3))
@@ -234,7 +334,7 @@ class WebImageTextDataset(IterableDataset):
         stages += [
             partial(number_samples, skip=skip, counter=counter),
             partial(check_samples, counter=counter),
-            wds.decode("pilrgb", only=IMAGE_KEYS, handler=counter.handler(skips.BAD_IMAGE)),
+            partial(decode_images, max_pixels=self.max_image_pixels, counter=counter),
             partial(process_samples, vis_processor=self.vis_processor, text_processor=self.text_processor,
                     stream_seed=stream_seed, counter=counter),
         ]

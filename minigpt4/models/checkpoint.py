@@ -7,6 +7,7 @@ Write: trainable weights only, as safetensors, with a JSON sidecar saying what t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +280,24 @@ def save_trainable(path: str | Path, state: dict, meta: dict) -> Path:
     """Write ``state`` as safetensors plus ``<name>.json`` (``meta``), each through a temp file + rename."""
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp),
-              metadata={"format": "pt"})
-    os.replace(tmp, path)
-    sidecar = path.with_suffix(".json")
-    tmp_json = sidecar.with_name(sidecar.name + ".tmp")
-    tmp_json.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp_json, sidecar)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    write_atomically(path, safetensors_bytes(tensors, metadata={"format": "pt"}))
+    write_atomically(path.with_suffix(".json"), json.dumps(meta, indent=2, sort_keys=True).encode())
     return path
+
+
+def write_atomically(path: Path, data, tmp: Path | None = None) -> None:
+    """Write ``data`` to a temp name next to ``path``, fsync, move it onto ``path``. A failure (a full disk,
+    a lost permission, an interrupt) deletes the temp file and re-raises, so ``path`` is always either the
+    old or the new complete file. Bytes are serialised before, so an I/O failure is a plain ``OSError``."""
+    tmp = tmp or path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -8,6 +8,7 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from minigpt4.common.registry import registry
+from minigpt4.images import to_rgb
 from minigpt4.processors.base import BaseProcessor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -22,8 +23,8 @@ class _ImageProcessor(BaseProcessor):
             [transform, transforms.ToTensor(), transforms.Normalize(mean, std)])
 
     def __call__(self, image):
-        if isinstance(image, Image.Image) and image.mode != "RGB":
-            image = image.convert("RGB")
+        if isinstance(image, Image.Image):
+            image = to_rgb(image)  # 16-bit, float and transparent images as they look, not clipped
         return self.transform(image)
 
 

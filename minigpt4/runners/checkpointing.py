@@ -4,11 +4,16 @@ scaler, step position, the RNG states of every rank and every rank's data positi
 
 Every file is written to a temporary name and moved into place with ``os.replace``, so a kill at any moment
 leaves either the previous complete checkpoint or the new complete one. The resume file is written last and
-names the weights file it belongs to, so it is the commit point.
+names the weights file it belongs to, so it is the commit point. A write that fails (disk full, permission
+lost) removes its temporary file and leaves the previous files as they were; :func:`writing` turns the
+``OSError`` into a one-line :class:`CheckpointWriteError` naming the file.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
+import io
 import logging
 import os
 import random
@@ -17,20 +22,33 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minigpt4.models.checkpoint import CheckpointError, write_atomically
+
 log = logging.getLogger(__name__)
 
 RESUME_FILE = "resume.pt"
 FORMAT_VERSION = 1
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint file could not be written; the message names it and says why."""
+
+
+@contextlib.contextmanager
+def writing(path: str | Path):
+    """Turn an ``OSError`` raised while writing ``path`` into a one-line :class:`CheckpointWriteError`."""
+    try:
+        yield
+    except OSError as e:
+        code = f", {errno.errorcode[e.errno]}" if e.errno in errno.errorcode else ""
+        raise CheckpointWriteError(f"cannot write {path}: {e.strerror or e}{code}") from e
+
+
 def atomic_torch_save(obj, path: str | Path) -> Path:
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    buffer = io.BytesIO()  # serialised first: a failing write is then a plain OSError, not a zip-writer error
+    torch.save(obj, buffer)
+    write_atomically(path, buffer.getbuffer(), tmp=path.with_name(f".{path.name}.{os.getpid()}.tmp"))
     return path
 
 
@@ -86,6 +104,24 @@ def find_resume(path: str | Path) -> Path:
     return found[-1]
 
 
+def check_weights(state: dict) -> None:
+    """The weights file a resume file names must be complete and hold the weights the resume file was saved
+    with (the SHA-256 digest it records); a one-line :class:`CheckpointError` naming both files otherwise."""
+    from safetensors.torch import load_file
+
+    path, weights = state["path"], state["weights_path"]
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001  (safetensors reports a truncated or corrupt file in several ways)
+        raise CheckpointError(f"{path} refers to {weights}, which is unreadable ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''}); the file is truncated or corrupt"
+                              ) from None
+    digests = state.get("weights_digests") or []
+    if digests and weights_digest(tensors) != digests[0]:
+        raise CheckpointError(f"{path} refers to {weights}, whose weights are not the ones saved with it "
+                              "(SHA-256 differs); the file was changed or replaced")
+
+
 def find_latest(output_dir: str | Path) -> Path | None:
     """``--resume auto``: the most recently written resume file under ``output_dir`` (None if there is none)."""
     root = Path(output_dir)
@@ -106,4 +142,5 @@ def load_resume(path: str | Path) -> dict:
         raise FileNotFoundError(f"{path} refers to {weights.name}, which is missing from {path.parent}")
     state["path"] = path
     state["weights_path"] = weights
+    check_weights(state)
     return state

@@ -40,3 +40,23 @@ def ensure_writable(folder: Path) -> Path:
 def previous_run(folder: Path) -> bool:
     """True if ``folder`` already holds a run's resume file."""
     return (folder / "resume.pt").is_file()
+
+
+# what a run leaves in its job folder once training started (the config line of log.txt comes first)
+RUN_TRACES = ("log.txt", "checkpoint_*.safetensors", "tensorboard", ".resume.pt.*.tmp")
+
+
+def runs_without_resume(output_dir: str | Path) -> list[tuple[Path, list[str]]]:
+    """Job folders under ``output_dir`` that hold a run but no resume file, oldest first, each with the
+    names of the traces found (a folder made by a run that failed before training counts as no run)."""
+    root = Path(os.path.expanduser(str(output_dir)))
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime):
+        if previous_run(folder):
+            continue
+        traces = sorted({hit.name for pattern in RUN_TRACES for hit in folder.glob(pattern)})
+        if traces:
+            found.append((folder, traces))
+    return found

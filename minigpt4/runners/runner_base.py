@@ -81,6 +81,7 @@ class RunnerBase:
         self.output_dir = ensure_writable(Path(output_dir) if output_dir else job_folder(run, job_id))
         self.amp_dtype, self.scaler = self._setup_amp()
         self._loader = loader
+        self._last_good = None  # (resume file, global step) of the last complete checkpoint
 
     # ------------------------------------------------------------------ setup
     def _check_steps(self) -> None:
@@ -144,19 +145,35 @@ class RunnerBase:
         digests = D.all_gather_object(C.weights_digest(self.model.trainable_state_dict()))
         if len(set(digests)) != 1:
             raise RuntimeError(f"trainable weights differ between ranks at global step {global_step}: {digests}")
+        error = None
         if self.dist.is_main:
             name = C.weights_name(epoch, step, self.iters_per_epoch)
             meta = {**self.model.checkpoint_meta(), "epoch": epoch, "global_step": global_step, "job_id": self.job_id}
-            save_trainable(self.output_dir / name, self.model.trainable_state_dict(), meta)
             state = {"format": C.FORMAT_VERSION, "weights": name, "epoch": epoch, "step": step,
                      "global_step": global_step, "world_size": self.dist.world_size,
                      "optimizer": self.optimizer.state_dict(),
                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                      "rng": rngs, "data": data, "weights_digests": digests, "epoch_sums": list(epoch_sums),
                      "history": self.reporter.history if self.reporter else [], "job_id": self.job_id}
-            C.atomic_torch_save(state, self.output_dir / C.RESUME_FILE)
-            log.info("saved %s and %s (global step %d)", name, C.RESUME_FILE, global_step)
-        D.barrier()
+            try:
+                with C.writing(self.output_dir / name):
+                    save_trainable(self.output_dir / name, self.model.trainable_state_dict(), meta)
+                with C.writing(self.output_dir / C.RESUME_FILE):
+                    C.atomic_torch_save(state, self.output_dir / C.RESUME_FILE)
+                log.info("saved %s and %s (global step %d)", name, C.RESUME_FILE, global_step)
+            except C.CheckpointWriteError as e:
+                error = f"{e}; {self._last_good_text()}"
+        # every rank learns the outcome (this is also the barrier), so all of them stop on a failed save
+        error = D.broadcast_object(error)
+        if error is not None:
+            raise C.CheckpointWriteError(error)
+        self._last_good = (self.output_dir / C.RESUME_FILE, global_step)
+
+    def _last_good_text(self) -> str:
+        if self._last_good is None:
+            return "no resume point was written before this one"
+        path, step = self._last_good
+        return f"the last good resume point {path} (global step {step}) is untouched"
 
     def load_resume(self, path) -> tuple[int, int, int, list]:
         state = C.load_resume(path)
@@ -176,6 +193,7 @@ class RunnerBase:
             epoch, step = epoch + 1, 0
         log.info("resumed from %s at epoch %d step %d (global step %d)", state["path"], epoch, step,
                  state["global_step"])
+        self._last_good = (state["path"], state["global_step"])
         sums = state.get("epoch_sums", [0.0, 0.0, 0]) if state["step"] < self.iters_per_epoch else [0.0, 0.0, 0]
         return epoch, step, state["global_step"], sums
 
@@ -198,6 +216,7 @@ class RunnerBase:
         self.optimizer.zero_grad(set_to_none=True)
         self._t_start = time.perf_counter()
         self._terminate = False
+        self.stop_signal: int | None = None  # the signal that stopped the run, if one did
         last = {}
         stop_signals = (signal.SIGTERM, signal.SIGINT) if _main_thread() else ()
         previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in stop_signals}
@@ -207,6 +226,8 @@ class RunnerBase:
                 last = stats or last
                 if stopped:
                     last = {**last, "stopped_at": global_step}
+                    if self.stop_signal is not None:
+                        last["stop_signal"] = signal.Signals(self.stop_signal).name
                     break
                 epoch, step, sums = epoch + 1, 0, [0.0, 0.0, 0]
         finally:
@@ -235,6 +256,8 @@ class RunnerBase:
             raise KeyboardInterrupt
         log.warning("%s: stopping at the next optimizer step with a checkpoint", signal.Signals(signum).name)
         self._terminate = True
+        if self.stop_signal is None:
+            self.stop_signal = signum
 
     def _train_epoch(self, epoch: int, start: int, global_step: int, sums: list):
         """Steps ``start..iters_per_epoch-1`` of ``epoch``.
