@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class ServeSettings:
     model_name: str = "minigpt4"
     max_length: int = 2000  # context + answer positions, as Chat's max_length
-    default_max_tokens: int = 300
+    default_max_tokens: int = 300  # max_tokens when unset (at most half of max_length)
     max_request_bytes: int = 20 * 1024 * 1024
     max_images: int = 8
     images: ImagePolicy = dataclasses.field(default_factory=ImagePolicy)
@@ -114,7 +114,8 @@ def create_app(chat: Chat, template: Conversation, engine: Engine, settings: Ser
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
         req = parse_request(body)
-        params = sampling_params(req, settings.default_max_tokens, template_stops)
+        default_max = max(1, min(settings.default_max_tokens, settings.max_length // 2))
+        params = sampling_params(req, default_max, template_stops)
         if params.max_new_tokens >= settings.max_length:
             raise APIError(400, f"max_tokens={params.max_new_tokens} leaves no room for the prompt in this "
                            f"server's {settings.max_length} positions", param="max_tokens",
