@@ -131,9 +131,12 @@ class Scheduler:
             rows = [_Row(self.model, r, int(n)) for r, n in zip(requests, attention.sum(1).tolist())]
             tokens = self._select(logits, rows)
         except Exception as exc:  # the running rows are untouched
-            log.exception("prefill failed for %d request(s)", len(requests))
-            for r in requests:
-                _emit(r, Failed(exc))
+            if len(requests) > 1:  # find the culprit: each request on its own
+                for r in requests:
+                    self.admit([r])
+                return
+            log.exception("prefill failed")
+            _emit(requests[0], Failed(exc))
             return
         joined.set_last(tokens)
         self.batch.merge(joined)
