@@ -170,10 +170,18 @@ def _chunk(meta: dict, delta: dict, finish_reason=None, usage: bool = False) -> 
 async def _stream(job: _Job, meta: dict, include_usage: bool):
     try:
         yield _sse(_chunk(meta, {"role": "assistant", "content": ""}, usage=include_usage))
+        pending = None
         while True:
-            event = await job.events.get()
+            event, pending = pending or await job.events.get(), None
             if isinstance(event, Piece):
-                yield _sse(_chunk(meta, {"content": event.text}, usage=include_usage))
+                text = [event.text]
+                while not job.events.empty():  # pieces that queued up meanwhile go out as one chunk
+                    event = job.events.get_nowait()
+                    if not isinstance(event, Piece):
+                        pending = event
+                        break
+                    text.append(event.text)
+                yield _sse(_chunk(meta, {"content": "".join(text)}, usage=include_usage))
             elif isinstance(event, Finished):
                 if event.rest:
                     yield _sse(_chunk(meta, {"content": event.rest}, usage=include_usage))
