@@ -202,15 +202,16 @@ def _malformed(files):
 
 def test_malformed_requests_get_openai_errors_and_the_server_keeps_serving(served, files, client):
     url = served[0].url + "/v1/chat/completions"
+    http = httpx.Client(timeout=30)
     for name, body, status, code in _malformed(files):
-        resp = httpx.post(url, json=body, timeout=30)
+        resp = http.post(url, json=body)
         assert resp.status_code == status, (name, resp.text)
         err = resp.json()["error"]
         assert set(err) == {"message", "type", "param", "code"} and err["message"], name
         assert err["code"] == code, (name, err)
         assert err["type"] == "invalid_request_error", name
     for raw, status in [(b"{not json", 400), (b"x" * (2 * 1024 * 1024), 413)]:
-        resp = httpx.post(url, content=raw, headers={"content-type": "application/json"}, timeout=30)
+        resp = http.post(url, content=raw, headers={"content-type": "application/json"})
         assert resp.status_code == status and "error" in resp.json()
     assert httpx.get(served[0].url + "/nowhere").json()["error"]["type"] == "not_found_error"
     with pytest.raises(openai.BadRequestError, match="only n=1"):
@@ -245,3 +246,16 @@ def test_api_key_and_a_full_queue(served):
         assert [m.id for m in keyed.models.list().data] == ["minigpt4"]
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=server.url + "/v1", api_key="nope", max_retries=0).models.list()
+
+
+def test_cli_usage_errors_exit_with_status_2(files, monkeypatch, capsys):
+    monkeypatch.delenv("MINIGPT4_TEST_KEY", raising=False)
+    for argv, needle in [(["--api-key-env", "MINIGPT4_TEST_KEY"], "MINIGPT4_TEST_KEY"),
+                         (["--allow-local-dir", str(files["root"] / "missing")], "--allow-local-dir"),
+                         (["--max-batch-size", "0"], "--max-batch-size")]:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["--cfg-path", str(files["cfg"]), *argv])
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+    monkeypatch.setenv("MINIGPT4_TEST_KEY", "k")
+    assert cli.check_args(cli.parse_args(["--cfg-path", "x.yaml", "--api-key-env", "MINIGPT4_TEST_KEY"])) == "k"
+    assert cli.parse_args(["--cfg-path", "x.yaml"]).host == "127.0.0.1"
