@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import time
 
 import httpx
 import openai
@@ -145,6 +146,27 @@ def test_concurrent_clients_each_get_the_answer_about_their_own_image(client, ch
 
     with cf.ThreadPoolExecutor(len(scenes)) as pool:
         assert list(pool.map(ask, scenes)) == expected
+
+
+def test_seeded_sampling_repeats_and_a_dropped_stream_frees_its_row(client, served):
+    messages = [user("What is it?", draw_scene(7))]
+    sample = dict(temperature=1.2, top_p=0.9, max_tokens=MAX_TOKENS)
+    first = [client.chat.completions.create(model="minigpt4", messages=messages, seed=s, **sample)
+             .choices[0].message.content for s in (3, 3, 4)]
+    assert first[0] == first[1] and first[0] != first[2]
+    engine = served[2]
+    body = {"messages": messages, "stream": True, "temperature": 0, "max_tokens": 200}
+    with httpx.stream("POST", served[0].url + "/v1/chat/completions", json=body, timeout=60) as resp:
+        for line in resp.iter_lines():  # up to the first generated text, then the client goes away
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                break
+    for _ in range(500):
+        if engine.running == 0 and engine.waiting == 0:
+            break
+        time.sleep(0.02)
+    assert engine.running == 0 and engine.waiting == 0
+    reply = client.chat.completions.create(model="minigpt4", messages=messages, **GREEDY)
+    assert reply.choices[0].message.content
 
 
 def test_models_and_health(client, served):
