@@ -68,10 +68,11 @@ class Request:
 
 
 class _Row:
-    def __init__(self, model, request: Request, prompt_tokens: int):
+    def __init__(self, model, request: Request, params: SamplingParams, prompt_tokens: int):
         self.request = request
-        self.text = RowText(model, request.params.stop_strings)
-        self.generator = request.params.generator(model.device)
+        self.params = params
+        self.text = RowText(model, params.stop_strings)
+        self.generator = params.generator(model.device)
         self.prompt_tokens = prompt_tokens
 
 
@@ -128,7 +129,8 @@ class Scheduler:
         try:
             embeds, attention = self._embed(requests)
             logits, joined = self.batch.prefill(embeds, attention)
-            rows = [_Row(self.model, r, int(n)) for r, n in zip(requests, attention.sum(1).tolist())]
+            rows = [_Row(self.model, r, self._effective(r.params), int(n))
+                    for r, n in zip(requests, attention.sum(1).tolist())]
             tokens = self._select(logits, rows)
         except Exception as exc:  # the running rows are untouched
             if len(requests) > 1:  # find the culprit: each request on its own
@@ -145,9 +147,9 @@ class Scheduler:
 
     # ------------------------------------------------------------------ stepping
     def _select(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        params = [self._effective(r.request.params) for r in rows]
-        histories = [torch.tensor([r.text.ids], dtype=torch.long, device=logits.device) for r in rows]
-        return select_tokens(logits, params, [r.generator for r in rows], histories)
+        histories = [None if r.params.greedy else torch.tensor([r.text.ids], dtype=torch.long, device=logits.device)
+                     for r in rows]
+        return select_tokens(logits, [r.params for r in rows], [r.generator for r in rows], histories)
 
     def _effective(self, params: SamplingParams) -> SamplingParams:
         if params.greedy or params.top_k is not None or not self.default_top_k:
@@ -170,7 +172,7 @@ class Scheduler:
                     _emit(request, Piece(piece))
                 if stopped:
                     reason = "stop"
-                elif len(row.text.ids) >= request.params.max_new_tokens:
+                elif len(row.text.ids) >= row.params.max_new_tokens:
                     reason = "length"
             if reason is None:
                 keep.append(i)

@@ -60,14 +60,16 @@ class SamplingParams:
 
 
 def select_tokens(logits: torch.Tensor, params: list[SamplingParams], generators: list,
-                  histories: list[torch.Tensor] | None = None) -> list[int]:
-    """One next token per row from ``logits`` [B, V] (last position)."""
+                  histories: list | None = None) -> list[int]:
+    """One next token per row from ``logits`` [B, V] (last position); ``histories[i]`` is row i's
+    generated ids [1, T] (what transformers' warpers receive as ``input_ids``)."""
     logits = logits.float()
     out = logits.argmax(dim=-1).tolist()
     for i, p in enumerate(params):
         if p.greedy:
             continue
-        ids = histories[i] if histories is not None else torch.zeros(1, 0, dtype=torch.long, device=logits.device)
+        ids = histories[i] if histories is not None and histories[i] is not None \
+            else torch.zeros(1, 0, dtype=torch.long, device=logits.device)
         scores = p.warpers()(ids, logits[i : i + 1].clone())
         probs = torch.softmax(scores, dim=-1)
         out[i] = int(torch.multinomial(probs, num_samples=1, generator=generators[i])[0, 0])
