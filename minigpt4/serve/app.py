@@ -108,6 +108,9 @@ def create_app(chat: Chat, template: Conversation, engine: Engine, settings: Ser
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         authorize(request)
+        if engine.waiting >= engine.max_queue:  # shed load before reading and decoding anything
+            raise APIError(503, f"the server is busy: {engine.waiting} requests are waiting; retry later",
+                           code="server_overloaded")
         raw = await _read_body(request, settings.max_request_bytes)
         try:
             body = json.loads(raw)
