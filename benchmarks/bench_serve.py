@@ -59,10 +59,11 @@ def model_args(args) -> list[str]:
     if not (tw / "READY").exists():
         sys.exit(f"bench_serve: {tw} is not a built tiny world (no READY file); build it with "
                  "python -m minigpt4.tiny_world or pass --cfg-path")
-    vision = tw / "backbones/vision"
-    options = [f"model.vit_ckpt={vision / 'eva_vit.pth'}", f"model.q_former_model={vision / 'blip2_qformer.pth'}",
-               f"model.llama_model={tw / 'backbones/lm'}",
-               f"model.ckpt={tw / 'runs/stage2/tiny/checkpoint_6.safetensors'}", *args.options]
+    sys.path.insert(0, str(ROOT))
+    from minigpt4.tiny_world.pipeline import latest_checkpoint, model_paths
+
+    ckpt = latest_checkpoint(tw / "runs/stage2/tiny")
+    options = [f"{k}={v}" for k, v in model_paths(tw).items()] + [f"model.ckpt={ckpt}", *args.options]
     return ["--cfg-path", str(ROOT / "eval_configs/tiny_eval.yaml"), "--options", *options]
 
 
