@@ -73,7 +73,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "minigpt4.serve", *model_args(args), "--port", str(self.port),
                "--max-batch-size", str(batch_size), "--threads", str(args.threads), "--log-level", "warning",
-               "--max-queue", "256", "--max-length", "512"]
+               "--max-queue", "256"]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                "OMP_NUM_THREADS": str(args.threads)}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
