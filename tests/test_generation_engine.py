@@ -139,3 +139,25 @@ def test_engine_thread_queue_bound_cancel_and_failure_isolation(model):
     assert isinstance(done["a"], Finished) and isinstance(done["b"], Finished)
     reference = texts(generate_all(model, requests(2), max_batch_size=1))
     assert [(done[k].text, done[k].ids, done[k].finish_reason) for k in "ab"] == reference
+
+
+def test_batch_window_waits_only_for_announced_requests(model):
+    engine = Engine(model, max_batch_size=4, batch_window=60.0)
+    admitted, finished = [], threading.Semaphore(0)
+    admit = engine.scheduler.admit
+    engine.scheduler.admit = lambda reqs: (admitted.append(len(reqs)) if reqs else None, admit(reqs))
+    a, b, c = requests(3)
+    for r in (a, b, c):
+        r.sink = lambda ev: finished.release() if isinstance(ev, (Finished, Failed)) else None
+    engine.start()
+    engine.submit(a)  # nothing else announced: starts at once instead of waiting out the 60 s window
+    assert finished.acquire(timeout=30)
+    with engine.incoming():
+        with engine.incoming():
+            engine.submit(b)
+            time.sleep(0.2)  # b waits in the window for the request still being prepared
+            assert admitted == [1]
+        engine.submit(c)
+    assert finished.acquire(timeout=30) and finished.acquire(timeout=30)
+    engine.stop()
+    assert admitted == [1, 2]  # b and c shared one prefill

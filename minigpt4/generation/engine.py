@@ -11,6 +11,7 @@ waiting queue.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -231,7 +232,9 @@ class Engine:
     """A :class:`Scheduler` in a background thread fed by a bounded queue.
 
     When the batch is empty, the first request waits up to ``batch_window`` seconds for others to join
-    its prefill; while a batch runs, waiting requests join at the next step (up to ``max_batch_size``).
+    its prefill, but only while other requests are on their way (announced with :meth:`incoming` by a
+    caller that still validates them), so a lone request never waits; while a batch runs, waiting
+    requests join at the next step (up to ``max_batch_size``).
     """
 
     def __init__(self, model, max_batch_size: int = 8, batch_window: float = 0.015, max_queue: int = 64):
@@ -242,6 +245,20 @@ class Engine:
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
+        self._incoming = 0
+
+    @contextlib.contextmanager
+    def incoming(self):
+        """Announce a request that is being prepared (the batch window waits for it until it is submitted
+        or given up)."""
+        with self._wake:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._wake:
+                self._incoming -= 1
+                self._wake.notify()
 
     @property
     def waiting(self) -> int:
@@ -292,7 +309,7 @@ class Engine:
                 if self._stop:
                     return []
                 deadline = time.monotonic() + self.batch_window
-                while len(self._queue) < sched.free_slots and not self._stop:
+                while len(self._queue) < sched.free_slots and self._incoming > 0 and not self._stop:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break

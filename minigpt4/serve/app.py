@@ -105,12 +105,8 @@ def create_app(chat: Chat, template: Conversation, engine: Engine, settings: Ser
         return {"object": "list", "data": [{"id": settings.model_name, "object": "model", "created": 0,
                                             "owned_by": "minigpt4"}]}
 
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        authorize(request)
-        if engine.waiting >= engine.max_queue:  # shed load before reading and decoding anything
-            raise APIError(503, f"the server is busy: {engine.waiting} requests are waiting; retry later",
-                           code="server_overloaded")
+    async def prepare(request: Request) -> tuple[ChatCompletionRequest, _Job]:
+        """Read, validate and submit a request (its images decoded in a worker thread)."""
         raw = await _read_body(request, settings.max_request_bytes)
         try:
             body = json.loads(raw)
@@ -131,6 +127,16 @@ def create_app(chat: Chat, template: Conversation, engine: Engine, settings: Ser
             engine.submit(job.request)
         except QueueFull as exc:
             raise APIError(503, f"the server is busy: {exc}; retry later", code="server_overloaded") from None
+        return req, job
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        if engine.waiting >= engine.max_queue:  # shed load before reading and decoding anything
+            raise APIError(503, f"the server is busy: {engine.waiting} requests are waiting; retry later",
+                           code="server_overloaded")
+        with engine.incoming():  # the batch window waits for requests still being prepared
+            req, job = await prepare(request)
         meta = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
                 "model": req.model or settings.model_name}
         if req.stream:
