@@ -3,10 +3,11 @@
 Both servers run side by side as subprocesses on 127.0.0.1; first 16 different images are asked
 concurrently once (greedy) to compare the answers of both settings, then 1, 4 and 16 concurrent clients
 each send streamed requests back to back for ``--duration`` seconds (requests in flight at the end are
-waited for), alternating between the two servers for ``--rounds`` rounds (the median round is kept). Reported per run: requests/s, completion tokens/s, p50/p95 latency and time to first token,
-and the slowest ``/health`` answer while the load ran (polled every 0.25 s).
+waited for), alternating between the two servers for ``--rounds`` rounds (the median round is kept).
+Reported per run: requests/s, completion tokens/s, p50/p95 latency and time to first token, and the
+slowest ``/health`` answer while the load ran (polled every 0.25 s).
 
-    python benchmarks/bench_serve.py                       # the tiny world at /work/tiny_world (or --tiny-world)
+    python benchmarks/bench_serve.py --tiny-world tiny_world   # built by python -m minigpt4.tiny_world
     python benchmarks/bench_serve.py --cfg-path my.yaml --options model.ckpt=...
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ QUESTION = "Describe this image in detail."
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny-world", default="/work/tiny_world", help="a built tiny world (python -m minigpt4.tiny_world)")
+    p.add_argument("--tiny-world", default=str(ROOT / "tiny_world"),
+                   help="a built tiny world (python -m minigpt4.tiny_world --out DIR)")
     p.add_argument("--cfg-path", default=None, help="another eval config instead of the tiny world's")
     p.add_argument("--options", nargs="*", default=[], help="config overrides passed to the server")
     p.add_argument("--images", default=None, help="folder of images to ask about (default: the tiny world's eval set)")
