@@ -1,0 +1,3 @@
+from minigpt4.serve.cli import main
+
+raise SystemExit(main())
