@@ -26,6 +26,14 @@ ENTRY_POINTS = {
                  "(default: 127.0.0.1", "--tiny-world DIR"]),
     "minigpt4.chat": ("runpy.run_module('minigpt4.chat', run_name='__main__')",
                       ["/image PATH", "/reset", "/quit", "Ctrl-C stops it", "(default: 0.9)", "--tiny-world DIR"]),
+    "minigpt4.tiny_world": ("runpy.run_module('minigpt4.tiny_world', run_name='__main__')",
+                            ["What it builds", "How long", "Where results go", "--preset {full,test}"]),
+    "minigpt4.caption": ("runpy.run_module('minigpt4.caption', run_name='__main__')",
+                         ["--labels", "--list", "{label}", "--tiny-world DIR"]),
+    "minigpt4.serve": ("runpy.run_module('minigpt4.serve', run_name='__main__')", ["--max-batch-size", "--port"]),
+    "minigpt4.curate": ("runpy.run_module('minigpt4.curate', run_name='__main__')", ["--stages", "--fixer"]),
+    "minigpt4.gpt4image.embed": ("runpy.run_module('minigpt4.gpt4image.embed', run_name='__main__')",
+                                 ["--descriptions", "--encoder"]),
 }
 
 

@@ -36,3 +36,23 @@ def test_caption_attributes_and_summary():
     s = summarize([sample, bad])
     assert (s["attribute_accuracy"], s["malformed_rate"], s["description_accuracy"]) == (0.5, 0.5, 0.5)
     assert s["malformed_reasons"]["no end_sym"] == 1
+
+
+def test_report_page_defines_the_metrics_counts_the_images_and_links_the_curves(tmp_path):
+    from PIL import Image
+
+    from minigpt4.tiny_world.evaluate import judge_answer, write_html
+
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "0.jpg")
+    sample = {"id": 0, "image": "0.jpg", "truth_caption": T.caption(SCENE), "truth_description": T.description(SCENE),
+              "caption": "a red circle", "caption_correct": False, "instruction": "Describe it.",
+              "answer": T.description(SCENE), **judge_answer(T.description(SCENE), True, SCENE)}
+    samples = [{**sample, "caption_attributes": caption_attributes(sample["caption"], SCENE)}] * 3
+    results = {"stage1": summarize(samples), "stage2": summarize(samples)}
+    page = write_html(tmp_path / "report.html", results, tmp_path, max_images=2,
+                      curves={"stage1": "runs/stage1/tiny/curves.png"}).read_text()
+    assert "The first 2 of the 3 held-out images" in page
+    for term in ("<dt>attribute accuracy</dt>", "<dt>malformed rate</dt>", "<dt>description accuracy</dt>",
+                 "0 here by design"):
+        assert term in page
+    assert "href='runs/stage1/tiny/curves.png'" in page and page.count("<img ") == 2

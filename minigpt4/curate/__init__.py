@@ -13,7 +13,6 @@ Python::
 ``curate.run(cfg, model=model, vis_processor=vis)`` uses an already loaded stage-1 model instead.
 """
 from minigpt4.curate.config import DEFAULTS, FIX_PROMPT, CurateError, load
-from minigpt4.curate.pipeline import run
 
 __all__ = ["CurateError", "DEFAULTS", "FIX_PROMPT", "load_config", "run"]
 
@@ -27,3 +26,11 @@ def load_config(path=None, options=None, *, images=None, work_dir=None, num_imag
                  "export": {"out": None if export_out is None else str(export_out)},
                  "review": {"edits": None if review_edits is None else str(review_edits)}}
     return load(path, options, overrides)
+
+
+def run(cfg, **kwargs):
+    """Run the curation stages (see :func:`minigpt4.curate.pipeline.run`); imported on use so that
+    ``python -m minigpt4.curate --help`` stays light."""
+    from minigpt4.curate.pipeline import run as run_pipeline
+
+    return run_pipeline(cfg, **kwargs)

@@ -13,6 +13,7 @@ the one of a single process that sees the whole global batch (token-weighted mea
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import signal
@@ -130,7 +131,10 @@ class RunnerBase:
         ignore += [n for n, _ in self.model.named_buffers()]
         DDP._set_params_and_buffers_to_ignore_for_model(self.model, ignore)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=False)
+        # every buffer is ignored above; newer torch deprecates broadcast_buffers for forward_sync_buffers
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                   else {"broadcast_buffers": False})
+        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None, **no_sync)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -203,7 +207,10 @@ class RunnerBase:
         self.ddp_model = self._wrap()
         self.optimizer = build_optimizer(self.model, self.run)
         self.scheduler = build_lr_scheduler(self.optimizer, self.run)
-        self.reporter = Reporter(self.output_dir, self.run.get("tensorboard", True)) if self.dist.is_main else None
+        title = f"{self.output_dir.parent.name} / {self.output_dir.name}"  # e.g. "stage1 / tiny"
+        self.reporter = None
+        if self.dist.is_main:
+            self.reporter = Reporter(self.output_dir, self.run.get("tensorboard", True), title)
         if self.dist.is_main:
             for name, p in self.model.named_parameters():
                 if p.requires_grad:

@@ -1,24 +1,62 @@
-"""``python -m minigpt4.tiny_world --out DIR [--preset full|test]``: the whole tiny world from nothing."""
+"""Build the tiny world from nothing and show MiniGPT-4's recipe on it.
+
+What it builds, in OUT: synthetic images of coloured shapes (LAION-style webdataset shards, a cc_sbu_align
+folder, 200 held-out images), two tiny frozen backbones pretrained by the library (a Llama language model
+and an EVA-style ViT + Q-Former, built once and reused), then stage 1 (captions) and stage 2 (detailed
+descriptions) through train.py under torchrun, and an evaluation of the control (projection at
+initialisation), stage 1 and stage 2 on the held-out images.
+
+How long: about 11 minutes from nothing on a quiet 2-core CPU for the full preset, of which the frozen
+backbones take about 6; a second run with the same OUT reuses the data and the backbones. --preset test
+takes about 2 minutes.
+
+Where results go: OUT/report.json (every figure), OUT/report.html (a page with the held-out images, every
+model's answers, linking each stage's loss curve), OUT/runs/<stage>/tiny/ (checkpoints, log.txt, curves.png),
+OUT/eval/ (per-model samples).
+"""
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+PRESET_NAMES = ("full", "test")  # minigpt4.tiny_world.presets.PRESETS (kept here so --help imports nothing heavy)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m minigpt4.tiny_world", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="tiny_world", help="output folder (default: tiny_world)")
+    p.add_argument("--preset", choices=PRESET_NAMES, default="full",
+                   help="full: the documented run; test: a shrunken run with smaller backbones and fewer steps, "
+                        "same code path (default: full)")
+    p.add_argument("--nproc", type=int, default=2,
+                   help="training processes per stage (torchrun) (default: 2)")
+    return p.parse_args(argv)
+
 
 def main(argv=None) -> int:
-    from minigpt4.tiny_world.pipeline import run
+    args = parse_args(argv)
+    if args.nproc < 1:
+        print("error: --nproc must be at least 1", file=sys.stderr)
+        return 2
+    import logging
+    import signal
+
+    from minigpt4.tiny_world.pipeline import run  # heavy imports only after the arguments are parsed
     from minigpt4.tiny_world.presets import PRESETS
 
-    p = argparse.ArgumentParser(prog="python -m minigpt4.tiny_world", description=__doc__)
-    p.add_argument("--out", default="tiny_world", help="output folder (default: tiny_world)")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="full",
-                   help="full: the documented run; test: a shrunken run with smaller backbones and fewer steps")
-    p.add_argument("--nproc", type=int, default=2, help="training processes per stage (torchrun)")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    run(Path(args.out), PRESETS[args.preset], nproc=args.nproc)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def stop(signum, frame):  # SIGTERM stops the child jobs too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run(Path(args.out), PRESETS[args.preset], nproc=args.nproc)
+    except KeyboardInterrupt:
+        print("stopped; the data and finished backbones are kept and reused by the next run", file=sys.stderr)
+        return 130
     return 0
 
 

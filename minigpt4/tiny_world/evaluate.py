@@ -127,15 +127,31 @@ def write_json(path: Path, result: dict) -> None:
     Path(path).write_text(json.dumps(result, indent=1))
 
 
-def write_html(path: Path, results: dict[str, dict], image_root: Path, max_images: int = 40) -> Path:
-    """A self-contained page: each held-out image (inline) with the ground truth and every model's outputs."""
+METRICS_HTML = (
+    "<dl><dt>attribute accuracy</dt><dd>caption format (image tokens only, no prompt, as stage 1 trains): the "
+    "share of images whose caption names every object's colour and shape correctly, left to right, and nothing "
+    "else. Stage 2 scores 0 here by design: it replaces the caption behaviour with the conversation behaviour, "
+    "as in the paper.</dd><dt>malformed rate</dt><dd>conversation format (the stage-2 training template and "
+    "instructions): the share of answers that do not end with end_sym within the token budget, are empty, "
+    "repeat a sentence, or contain a sentence outside the world's description grammar.</dd>"
+    "<dt>description accuracy</dt><dd>the share of conversation answers that are well formed and state exactly "
+    "the ground truth (count, every object's size, colour and shape in order, the size comparison).</dd></dl>")
+
+
+def write_html(path: Path, results: dict[str, dict], image_root: Path, max_images: int = 40,
+               curves: dict[str, Path] | None = None) -> Path:
+    """A self-contained page: the metrics and their definitions, links to each stage's loss curve, and the first
+    ``max_images`` held-out images (inline) with the ground truth and every model's outputs."""
     names = list(results)
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     summary = "".join(
         f"<tr><td>{html.escape(n)}</td><td>{r['attribute_accuracy']:.3f}</td><td>{r['malformed_rate']:.3f}</td>"
         f"<td>{r['description_accuracy']:.3f}</td></tr>" for n, r in results.items())
     rows = []
-    first = results[names[0]]["samples"][:max_images]
+    every = results[names[0]]["samples"]
+    first = every[:max_images]
+    links = "".join(f"<li><a href='{html.escape(Path(p).as_posix())}'>{html.escape(n)} loss curve</a></li>"
+                    for n, p in (curves or {}).items())
     for i, s in enumerate(first):
         data = base64.b64encode((Path(image_root) / s["image"]).read_bytes()).decode()
         cells = []
@@ -153,7 +169,10 @@ def write_html(path: Path, results: dict[str, dict], image_root: Path, max_image
             "<style>body{font-family:sans-serif}td{vertical-align:top;border-top:1px solid #ccc;padding:4px;"
             "max-width:340px;font-size:13px}</style><h1>MiniGPT-4 tiny world: held-out images</h1>"
             "<table><tr><th>model</th><th>attribute accuracy</th><th>malformed rate</th>"
-            f"<th>description accuracy</th></tr>{summary}</table><table><tr><th>image / truth</th>{head}</tr>"
+            f"<th>description accuracy</th></tr>{summary}</table>{METRICS_HTML}"
+            + (f"<h2>Training curves</h2><ul>{links}</ul>" if links else "")
+            + f"<h2>The first {len(first)} of the {len(every)} held-out images</h2>"
+            f"<table><tr><th>image / truth</th>{head}</tr>"
             + "".join(rows) + "</table>")
     Path(path).write_text(page)
     return Path(path)

@@ -126,7 +126,9 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
         log(f"[tiny world] evaluate {name}")
         results[name] = evaluate_stage(out, preset, name, ckpt)
     timings["evaluation"] = time.perf_counter() - t0 - sum(timings.values())
-    page = write_html(out / "report.html", results, out / "data" / "eval")
+    curves = {s: Path("runs") / s / JOB / "curves.png" for s in ("stage1", "stage2")
+              if (out / "runs" / s / JOB / "curves.png").exists()}
+    page = write_html(out / "report.html", results, out / "data" / "eval", curves=curves)
     seconds = time.perf_counter() - t0
     report = {name: {k: v for k, v in r.items() if k != "samples"} for name, r in results.items()}
     report.update(seconds=seconds, timings=timings, preset=preset.name,
@@ -134,9 +136,9 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
                                  "check": v["history"][-1] if v["history"] else None} for k, v in backbones.items()},
                   checkpoints={"stage1": str(ckpt1), "stage2": str(ckpt2)})
     (out / "report.json").write_text(json.dumps(report, indent=1))
-    curves = [p for p in (out / "runs" / s / JOB / "curves.png" for s in ("stage1", "stage2")) if p.exists()]
     log("\n" + table(results))
     log(f"\ntotal {seconds:.0f} s  ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")
-    log(f"report:  {out / 'report.json'}\npage:    {page}\ncurves:  {', '.join(map(str, curves)) or '-'}")
+    curve_files = ', '.join(str(out / p) for p in curves.values()) or '-'
+    log(f"report:  {out / 'report.json'}\npage:    {page}\ncurves:  {curve_files}")
     log(f"demo checkpoint (eval_configs/tiny_eval.yaml model.ckpt): {ckpt2}")
     return report
