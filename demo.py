@@ -28,12 +28,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="address to listen on; 0.0.0.0 = every interface (default: 127.0.0.1, this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (default: off)")
-    parser.add_argument("--template", default="auto", choices=inference.TEMPLATES,
-                        help="conversation template (default: auto = the config's prompt_template if set, "
-                             "else model_type's)")
-    parser.add_argument("--max-new-tokens", type=int, default=300, help="longest answer in tokens (default: 300)")
-    parser.add_argument("--max-length", type=int, default=2000,
-                        help="context + answer budget in tokens; older turns are dropped to fit (default: 2000)")
+    inference.add_conversation_args(parser)
     parser.add_argument("--max-image-pixels", type=int, default=40_000_000,
                         help="larger images are refused with a notice (default: 40000000)")
     parser.add_argument("--max-file-size", default="25mb", help="largest upload Gradio accepts (default: 25mb)")

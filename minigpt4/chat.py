@@ -35,12 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
     inference.add_model_args(parser)
     parser.add_argument("--image", required=True, help="the first image of the conversation")
-    parser.add_argument("--template", default="auto", choices=inference.TEMPLATES,
-                        help="conversation template (default: auto = the config's prompt_template if set, "
-                             "else model_type's)")
-    parser.add_argument("--max-new-tokens", type=int, default=300, help="longest answer in tokens (default: 300)")
-    parser.add_argument("--max-length", type=int, default=2000,
-                        help="context + answer budget in tokens; older turns are dropped to fit (default: 2000)")
+    inference.add_conversation_args(parser)
     parser.add_argument("--num-beams", type=int, default=1,
                         help="beam search width; > 1 answers in one piece instead of streaming (default: 1)")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, > 0 (default: 1.0)")

@@ -61,6 +61,17 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_conversation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Options of the interactive front ends (terminal chat, demo): template and answer budget."""
+    parser.add_argument("--template", default="auto", choices=TEMPLATES,
+                        help="conversation template (default: auto = the config's prompt_template if set, "
+                             "else model_type's)")
+    parser.add_argument("--max-new-tokens", type=int, default=300, help="longest answer in tokens (default: 300)")
+    parser.add_argument("--max-length", type=int, default=2000,
+                        help="context + answer budget in tokens; older turns are dropped to fit (default: 2000)")
+    return parser
+
+
 def option_list(args) -> list[str]:
     options = list(args.options or [])
     if args.low_resource:

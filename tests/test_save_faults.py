@@ -23,7 +23,6 @@ from minigpt4.processors import Blip2ImageEvalProcessor
 from minigpt4.runners import RunnerBase
 from minigpt4.runners import checkpointing as C
 from minigpt4.tasks import setup_task
-from minigpt4.tasks.base_task import BaseTask
 from tests.fixture_utils import fixture_dirs
 from tests.train_helpers import ListLoader, model_block, train_config, write_align_folder, write_config
 
@@ -203,14 +202,6 @@ def test_replaced_weights_file_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not the ones saved with it"):
         C.load_resume(tmp_path / "job")
 
-
-@pytest.fixture
-def no_work(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("work started before the bad input was reported")
-
-    monkeypatch.setattr(BaseTask, "build_model", boom)
-    monkeypatch.setattr(BaseTask, "build_datasets", boom)
 
 
 def _cli(tmp_path, capsys, *extra):
