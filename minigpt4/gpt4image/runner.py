@@ -52,7 +52,7 @@ class ClassifierRunner(RunnerBase):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=True)
+        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)  # buffers synced from rank 0 (default)
 
     def _sync_buffers(self) -> None:
         if D.is_dist():
