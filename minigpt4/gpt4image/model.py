@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from minigpt4.common import dist as D
@@ -78,7 +79,8 @@ class GPT4ImageClassifier(nn.Module):
         if not num_classes:
             raise ValueError("model.num_classes is not set and no training data gave it")
         text_dim = text_dim or get("text_dim")
-        kwargs = dict(get("backbone_kwargs") or {})
+        raw = get("backbone_kwargs") or {}
+        kwargs = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else dict(raw)
         for key in ("img_size", "drop_path_rate", "drop_rate"):
             if get(key) is not None:
                 kwargs[key] = get(key)
