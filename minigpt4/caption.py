@@ -1,14 +1,25 @@
-"""Batch captioning from the command line.
+"""Batch captioning from the command line, on one process or split over torchrun ranks.
 
     python -m minigpt4.caption --cfg-path eval_configs/minigpt4_eval.yaml --images photos/ --out captions.jsonl
     python -m minigpt4.caption --cfg-path ... --images 'shards/{00000..00099}.tar' --out captions.jsonl --batch-size 16
+    torchrun --nproc-per-node 4 -m minigpt4.caption --cfg-path ... --images train/ --labels dirs \\
+        --prompt "Describe this {label} in detail." --out descriptions.jsonl
 
 ``--images`` is a folder (every image file below it, recursive, sorted) or webdataset shards (a brace
-pattern of ``.tar`` files whose samples hold ``jpg``/``png``/...). Each output line is
-``{"key", "image" | "shard", "caption"}``, or ``{"key", ..., "error"}`` for an image that could not be
-read, so one bad file never stops the run. Rows whose key is already in ``--out`` are skipped: running
-the same command again resumes where it stopped. Generation is greedy and batched; every row stops at
-its own ``end_sym`` (or EOS), so a batch gives the same text per image as one image at a time.
+pattern of ``.tar`` files whose samples hold ``jpg``/``png``/...). ``--labels dirs`` reads it as an
+image-classification folder (``ROOT/<class>/...``, label = the class folder); ``--list FILE`` takes the
+images and labels from a CSV (``path,label`` header) or JSONL (``{"path", "label"}``) file, paths relative
+to ``--images`` or absolute inside it. A ``{label}`` field in ``--prompt`` is replaced by the image's class
+name (``--label-names`` maps ids such as ``n01440764`` to names; underscores read as spaces).
+
+Each output line is ``{"key", "image" | "shard", ["label"], "caption"}``, or ``"error"`` instead of
+``"caption"`` for an image that could not be read, so one bad file never stops the run. The key is the
+image's path relative to the folder (or the webdataset ``__key__``). Under torchrun each rank captions its
+share of what is left and appends to ``<out>.part-<rank>-of-<world>``; at the end the parts are merged
+into ``--out`` in the order of the input listing. Rows whose key is already written (in ``--out`` or any
+part) are skipped: running the same command again, with any number of ranks, resumes where it stopped.
+Generation is greedy and batched; every row stops at its own ``end_sym`` (or EOS), so a batch gives the
+same text per image as one image at a time.
 
 The prompt, the image processor and the big-model options are described in :mod:`minigpt4.inference`.
 """
@@ -16,28 +27,34 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
-
-from minigpt4 import inference
-from minigpt4.caption_io import Item, JsonlOutput, ShardErrors, folder_items, shard_items
-
 log = logging.getLogger("minigpt4.caption")
+PROG = "python -m minigpt4.caption"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m minigpt4.caption", description=__doc__.split("\n\n")[0])
-    inference.add_model_args(parser)
-    parser.add_argument("--images", required=True, help="a folder of images, or a brace pattern of .tar shards")
-    parser.add_argument("--out", required=True, type=Path, help="output JSONL (appended to; resumable)")
+    from minigpt4.inference import add_model_args
+
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    add_model_args(parser)
+    parser.add_argument("--images", required=True,
+                        help="a folder of images (the root of a --list), or a brace pattern of .tar shards")
+    parser.add_argument("--labels", choices=["dirs"], default=None,
+                        help="dirs: an image-classification folder, label = the first folder under --images")
+    parser.add_argument("--list", type=Path, default=None, metavar="FILE",
+                        help="CSV with a path,label header, or JSONL of {\"path\", \"label\"}: the images to "
+                             "caption and their labels (paths relative to --images, or absolute inside it)")
+    parser.add_argument("--label-names", type=Path, default=None, metavar="FILE",
+                        help="class id -> name for {label} (JSON object, CSV id,name, or 'id name' lines)")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output JSONL (appended to; resumable; ranks write <out>.part-R-of-W, merged at the end)")
     parser.add_argument("--prompt", default=None,
-                        help="instruction after the image, or a full prompt containing <ImageHere> "
-                             "(default: the config's prompt_template with 'Describe this image in detail.', "
-                             "or the image alone when there is no prompt_template)")
+                        help="instruction after the image, or a full prompt containing <ImageHere>; {label} is "
+                             "replaced by the image's class name (default: the config's prompt_template with "
+                             "'Describe this image in detail.', or the image alone when there is no prompt_template)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=300)
     parser.add_argument("--num-beams", type=int, default=1)
@@ -49,17 +66,66 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def check_args(args) -> None:
+    labelled = args.labels is not None or args.list is not None
+    if args.labels and args.list:
+        raise ValueError("--labels dirs and --list are two ways to give labels; use one")
+    if args.prompt and "{label}" in args.prompt and not labelled:
+        raise ValueError("--prompt uses {label} but the images have no labels; add --labels dirs (class folders) "
+                         "or --list FILE (path,label)")
+    if args.label_names and not labelled:
+        raise ValueError("--label-names needs labels: add --labels dirs or --list FILE")
+    if labelled and not Path(args.images).is_dir():
+        raise ValueError(f"--images {args.images}: not a folder ({'--list paths are relative to it' if args.list else '--labels dirs reads class folders under it'})")
+
+
+def listing(args):
+    """``(items, urls)``: the ordered items of a folder or list, or the shard URLs."""
+    from minigpt4 import caption_io, image_lists
+
+    source = Path(args.images)
+    if args.list is not None:
+        return image_lists.list_items(args.list, source), None
+    if args.labels == "dirs":
+        items, others = image_lists.class_folder_items(source)
+    elif source.is_dir():
+        items, others = caption_io.folder_items(source)
+    else:
+        return None, caption_io.shard_urls(args.images)
+    if others:
+        log.info("%s: left out %d file(s), e.g. %s", source, len(others), others[0])
+    return items, None
+
+
+class PromptMaker:
+    """item -> prompt; ``{label}`` in the prompt becomes the image's readable class name."""
+
+    def __init__(self, args, cfg, items):
+        from minigpt4 import image_lists, inference
+
+        self.template = inference.caption_prompt(cfg.model, args.prompt)
+        self.readable = None
+        if self.template is not None and "{label}" in self.template:
+            names = image_lists.read_label_names(args.label_names) if args.label_names else None
+            self.readable = image_lists.readable_names((item.label for item in items), names, args.label_names)
+
+    def __call__(self, item) -> str | None:
+        if self.readable is None:
+            return self.template
+        return self.template.replace("{label}", self.readable[item.label])
+
+
 class Captioner:
     """Collects readable images into batches and writes rows in input order."""
 
-    def __init__(self, model, vis_processor, output: JsonlOutput, prompt, batch_size: int, gen_kwargs: dict):
+    def __init__(self, model, vis_processor, output, prompt_for, batch_size: int, gen_kwargs: dict):
         self.model, self.vis_processor, self.output = model, vis_processor, output
-        self.prompt, self.batch_size, self.gen_kwargs = prompt, batch_size, gen_kwargs
-        self.pending: list[tuple[Item, torch.Tensor | None, str | None]] = []
+        self.prompt_for, self.batch_size, self.gen_kwargs = prompt_for, batch_size, gen_kwargs
+        self.pending: list = []  # (item, pixels or None, error or None)
         self.counts = {"captioned": 0, "errors": 0, "skipped_done": 0}
         self.on_written = lambda n: None  # progress callback: rows written
 
-    def add(self, item: Item) -> None:
+    def add(self, item) -> None:
         pixels, error = None, item.error
         if error is None:
             try:
@@ -73,16 +139,20 @@ class Captioner:
             self.flush()
 
     def flush(self) -> None:
+        import torch
+
         good = [(item, px) for item, px, _ in self.pending if px is not None]
         captions = {}
         if good:
             with torch.inference_mode():
-                texts = self.model.generate(torch.stack([px for _, px in good]), [self.prompt] * len(good),
-                                            **self.gen_kwargs)
+                texts = self.model.generate(torch.stack([px for _, px in good]),
+                                            [self.prompt_for(item) for item, _ in good], **self.gen_kwargs)
             captions = {id(item): text for (item, _), text in zip(good, texts)}
         rows = []
         for item, _, error in self.pending:
             row = {"key": item.key, item.kind: item.source}
+            if item.label is not None:
+                row["label"] = item.label
             if error is None:
                 row["caption"] = captions[id(item)]
                 self.counts["captioned"] += 1
@@ -96,35 +166,76 @@ class Captioner:
 
 
 def run(args) -> dict:
+    from minigpt4 import inference
+    from minigpt4.common import dist as D
+    from minigpt4.sharded_jsonl import ShardedJsonl, launch_ranks
+
     with inference.cli_errors("minigpt4.caption"):
-        source = Path(args.images)
-        shard_errors = ShardErrors()
-        if source.is_dir():
-            items, others = folder_items(source)
-            if others:
-                log.info("%s: left out %d non-image file(s) by extension, e.g. %s", source, len(others), others[0])
-            total = len(items)
-        else:
-            items, total = shard_items(args.images, shard_errors), None
-        output = JsonlOutput(args.out)
-        cfg, model, vis_processor, device = inference.load_model(args)
-        prompt = inference.caption_prompt(cfg.model, args.prompt)
-    log.info("captioning on %s, batch %d, prompt %r, stop %s", device, args.batch_size, prompt,
-             inference.caption_stop_strings(model))
+        check_args(args)
+        items, urls = listing(args)
+        cfg = inference.load_config(args)
+        device = inference.resolve_device(args.device, cfg)
+        prompt_for = PromptMaker(args, cfg, items or [])
+    info = launch_ranks(str(device) if device.index is not None else device.type)
+    output = None
+    try:
+        with inference.cli_errors("minigpt4.caption"):
+            output = ShardedJsonl(args.out, info.rank, info.world_size)
+            args.device = str(info.device)
+            cfg, model, vis_processor, device = inference.load_model(args)
+        D.barrier()  # every rank has read what is done before any rank writes
+        done_sizes = D.all_gather_object(len(output.done))
+        if len(set(done_sizes)) > 1:
+            raise RuntimeError(f"ranks disagree on the rows already in {args.out}: {done_sizes}")
+        counts = caption_share(args, info, output, items, urls, model, vis_processor, prompt_for)
+        shard_keys = counts.pop("order")
+        order = shard_order(urls, shard_keys) if items is None else [item.key for item in items]
+        total = sum_counts(D.all_gather_object(counts))
+        output.finish(order)
+    finally:
+        if output is not None:
+            output.close()
+        D.cleanup()
+    if info.is_main:
+        log.info("done: %s -> %s", total, args.out)
+    return total
+
+
+def caption_share(args, info, output, items, urls, model, vis_processor, prompt_for) -> dict:
+    from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from minigpt4 import inference
+    from minigpt4.caption_io import ShardErrors, shard_items
+    from minigpt4.sharded_jsonl import rank_share
+
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False,
                       repetition_penalty=args.repetition_penalty,
                       stop_strings=inference.caption_stop_strings(model))
-    captioner = Captioner(model, vis_processor, output, prompt, args.batch_size, gen_kwargs)
-    seen: set[str] = set()
+    captioner = Captioner(model, vis_processor, output, prompt_for, args.batch_size, gen_kwargs)
+    shard_errors, order = ShardErrors(), {}
+    if items is not None:
+        todo = [item for item in items if item.key not in output.done]
+        if info.is_main:
+            captioner.counts["skipped_done"] = len(items) - len(todo)
+        share = rank_share(todo, info.rank, info.world_size)
+        total = len(share)
+    else:
+        share, total = shard_items(args.images, shard_errors, rank_share(urls, info.rank, info.world_size)), None
+    log.info("rank %d/%d: captioning %s on %s, batch %d, prompt %r, stop %s", info.rank, info.world_size,
+             f"{total} image(s)" if total is not None else "its shards", info.device, args.batch_size,
+             prompt_for.template, gen_kwargs["stop_strings"])
+    seen: set = set()
     try:
-        with logging_redirect_tqdm(), tqdm(total=total, unit="img", disable=args.no_progress,
+        with logging_redirect_tqdm(), tqdm(total=total, unit="img", disable=args.no_progress or not info.is_main,
                                            desc="captioning") as bar:
             captioner.on_written = bar.update
-            for item in items:
-                if item.key in output.done:
-                    captioner.counts["skipped_done"] += 1
-                    bar.update(1)
-                    continue
+            for item in share:
+                if items is None:
+                    order.setdefault(item.source, []).append(item.key)
+                    if item.key in output.done:
+                        captioner.counts["skipped_done"] += 1
+                        continue
                 if item.key in seen:
                     item.error = "duplicate key (an earlier sample has the same key)"
                 seen.add(item.key)
@@ -132,16 +243,31 @@ def run(args) -> dict:
             captioner.flush()
     finally:
         output.close()
-    counts = {**captioner.counts, "shard_errors": len(shard_errors.errors)}
-    log.info("done: %s -> %s", counts, args.out)
-    return counts
+    return {**captioner.counts, "shard_errors": len(shard_errors.errors), "order": order}
+
+
+def shard_order(urls, orders) -> list:
+    """The keys in shard order, from every rank's ``{url: [keys]}``."""
+    from minigpt4.common import dist as D
+
+    merged: dict = {}
+    for part in D.all_gather_object(orders):
+        merged.update(part)
+    return [key for url in urls for key in merged.get(url, [])]
+
+
+def sum_counts(per_rank: list[dict]) -> dict:
+    return {name: sum(c[name] for c in per_rank) for name in per_rank[0]}
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    prefix = f"[rank {rank}] " if world > 1 else ""
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s {prefix}%(name)s: %(message)s", stream=sys.stderr)
     counts = run(parse_args(argv))
-    print(f"captioned {counts['captioned']}, errors {counts['errors']}, already done {counts['skipped_done']}"
-          + (f", unreadable shard data {counts['shard_errors']}" if counts["shard_errors"] else ""))
+    if rank == 0:
+        print(f"captioned {counts['captioned']}, errors {counts['errors']}, already done {counts['skipped_done']}"
+              + (f", unreadable shard data {counts['shard_errors']}" if counts["shard_errors"] else ""))
     return 0
 
 
