@@ -1,14 +1,14 @@
 """Small image folders, embedding files (in the embed step's format) and configs for the GPT4Image tests."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from PIL import Image
-from safetensors.torch import save_file
+
+from minigpt4.gpt4image.embeddings import save_embeddings
 
 CLASSES = ("circle", "square", "triangle")
 
@@ -35,10 +35,8 @@ def write_embeddings(path: Path, keys: list[str], dim: int = 16, seed: int = 0, 
     order = list(range(len(keys)))
     if shuffle:
         order = torch.randperm(len(keys), generator=torch.Generator().manual_seed(seed + 1)).tolist()
-    meta = {"keys": json.dumps([keys[i] for i in order]), "labels": json.dumps([k.split("/")[0] for k in
-                                                                                [keys[i] for i in order]]),
-            "encoder": "test-encoder", "kind": "test", "dim": str(dim)}
-    save_file({"embeddings": emb[order].contiguous()}, str(path), metadata=meta)
+    save_embeddings(path, [keys[i] for i in order], [keys[i].split("/")[0] for i in order], emb[order],
+                    encoder="test-encoder", kind="test")
     return emb
 
 

@@ -165,7 +165,7 @@ def test_embedding_file_for_other_images_is_refused(tmp_path, capsys, no_model):
 def test_missing_embedding_file_is_refused(tmp_path, capsys, no_model):
     make_folder(tmp_path / "train", per_class=2)
     code, line = _cli(capsys, train_config(tmp_path, tmp_path / "train", tmp_path / "nope.safetensors"))
-    assert code == 2 and "build_info.embeddings" in line and "nope.safetensors does not exist" in line
+    assert code == 2 and "build_info.embeddings" in line and "nope.safetensors: no such embedding file" in line
 
 
 def test_wrong_embedding_dimension_is_refused_before_training(tmp_path, capsys, monkeypatch):

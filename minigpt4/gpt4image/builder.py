@@ -50,7 +50,7 @@ class DescribedFolderBuilder(BaseDatasetBuilder):
             return None, None
         root = resolve_path(folder)
         if listing:
-            return root, read_list(resolve_path(listing), self._key(f"build_info.{split}_list"))
+            return root, read_list(resolve_path(listing), root, self._key(f"build_info.{split}_list"))
         return root, scan_folder(root, self._key(f"build_info.{split}"))
 
     def _processor(self, split: str):

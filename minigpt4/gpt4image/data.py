@@ -1,7 +1,8 @@
 """An image-classification folder whose samples carry the embedding of their own description.
 
 Layout: ``root/<class>/<file>`` (labels = sorted class folder names), or a list file (CSV with a header
-``path,label`` or JSONL rows ``{"path", "label"}``, paths relative to ``root``). A sample's key is its path
+``path,label`` or JSONL rows ``{"path", "label"}``, paths relative to ``root``), read exactly as the describe
+step reads them (:mod:`minigpt4.image_lists`). A sample's key is its path
 relative to ``root`` (posix), the key the describe and embed steps write; the embedding of a sample is
 found BY KEY, never by position.
 
@@ -12,15 +13,12 @@ An image without a description is skipped and counted (``missing_description: sk
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from minigpt4.caption_io import image_extensions
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope
 
@@ -31,64 +29,38 @@ MISSING_POLICIES = ("skip", "error")
 
 
 def scan_folder(root: Path, what: str) -> list[tuple[str, str]]:
-    """(key, class name) of every image under ``root/<class>/`` (sorted by key; hidden entries ignored)."""
-    if not root.is_dir():
+    """(key, class name) of every image under ``root/<class>/`` (sorted by key), through the describe step's
+    own listing so both steps agree on keys; its problems are prefixed with the config key ``what``."""
+    from minigpt4.image_lists import class_folder_items
+
+    if not Path(root).is_dir():
         raise FileNotFoundError(f"{what}: {root} is not a folder (expected ROOT/<class>/<image>)")
-    exts = image_extensions()
-    out = []
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root)
-        if len(rel.parts) < 2 or any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.suffix.lower() in exts:
-            out.append((rel.as_posix(), rel.parts[0]))
-    if not out:
-        raise ValueError(f"{what}: no image in {root}/<class>/ folders")
-    return out
+    try:
+        items, _ = class_folder_items(Path(root))
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    return [(item.key, item.label) for item in items]
 
 
-def read_list(path: Path, what: str) -> list[tuple[str, str]]:
-    """(key, class name) rows of a CSV (header ``path,label``) or JSONL (``{"path", "label"}``) list file."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist")
-    rows = []
-    with open(path, newline="") as f:
-        if path.suffix == ".jsonl":
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    row = json.loads(line)
-                    if "path" not in row or "label" not in row:
-                        raise ValueError(f"{what}: {path} line {n} lacks 'path' or 'label'")
-                    rows.append((Path(row["path"]).as_posix(), str(row["label"])))
-        else:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"path", "label"} <= set(reader.fieldnames):
-                raise ValueError(f"{what}: {path} needs a header with 'path' and 'label' columns")
-            rows = [(Path(r["path"]).as_posix(), str(r["label"])) for r in reader]
-    if not rows:
-        raise ValueError(f"{what}: {path} lists no image")
-    return rows
+def read_list(path: Path, root: Path, what: str) -> list[tuple[str, str]]:
+    """(key, class name) rows of a CSV (``path,label``) or JSONL (``{"path", "label"}``) list file whose paths
+    are relative to (or inside) ``root``, through the describe step's own reader."""
+    from minigpt4.image_lists import list_items
+
+    try:
+        return [(item.key, item.label) for item in list_items(Path(path), Path(root))]
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{what}: {e}") from None
 
 
 def read_embeddings(path: Path, what: str) -> tuple[list[str], torch.Tensor, dict]:
-    """(keys, [N, D] float32 embeddings, metadata) from an embed-step safetensors file."""
-    from safetensors import SafetensorError, safe_open
+    """(keys, [N, D] embeddings, metadata) of an embed-step file; its problems name the config key."""
+    from minigpt4.gpt4image.embeddings import EmbeddingsError, load_embeddings
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {path} does not exist; write it with python -m minigpt4.gpt4image.embed")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            if "embeddings" not in f.keys() or "keys" not in meta:
-                raise ValueError(f"{what}: {path} is not an embedding file (needs tensor 'embeddings' and "
-                                 "metadata 'keys')")
-            emb = f.get_tensor("embeddings").float()
-    except SafetensorError as e:
-        raise ValueError(f"{what}: {path} is not a safetensors file ({e})") from None
-    keys = json.loads(meta["keys"])
-    if emb.ndim != 2 or emb.shape[0] != len(keys):
-        raise ValueError(f"{what}: {path} holds {tuple(emb.shape)} embeddings for {len(keys)} keys")
-    return keys, emb, meta
+        return load_embeddings(path)
+    except EmbeddingsError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 class DescribedImageFolder(torch.utils.data.Dataset):
