@@ -215,3 +215,20 @@ def test_train_py_runs_evaluates_and_exports(tmp_path, capsys):
     plain = timm.create_model("resnet10t", num_classes=3, **SMALL_CNN)
     plain.load_state_dict(load_file(str(job / "classifier.safetensors")), strict=True)
     assert losses.is_global("clip") and not losses.is_global("ctr")
+
+
+# --------------------------------------------------------------------------- shipped configs
+@pytest.mark.parametrize("name", ["gpt4image_resnet50_imagenet", "gpt4image_deit_base_imagenet",
+                                  "gpt4image_resnet18_cifar", "gpt4image_tiny_cnn", "gpt4image_tiny_vit"])
+def test_shipped_configs_validate_and_name_real_timm_models(name):
+    from tests.train_helpers import REPO
+
+    cfg = Config.load(REPO / "train_configs" / f"{name}.yaml")
+    model = cfg.model_cfg
+    assert timm.is_model(model.backbone)
+    assert cfg.run_cfg.runner == "runner_classifier" and cfg.run_cfg.task == "image_classification"
+    expected_tau = 0.05 if "vit" in name or "deit" in name else 0.2
+    assert model.tau == expected_tau and model["lambda"] == 0.3
+    if "tiny" in name:  # small enough to build here
+        built = GPT4ImageClassifier.from_config(model, num_classes=3, text_dim=384)
+        assert built.head[-1].out_features == 384
