@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -104,11 +105,14 @@ def train_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    logging.getLogger().setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    code = _train_module().cli(["--cfg-path", str(job["config"]), "--options", *job["options"]])
+    log_file = Path(job["run_dir"]).with_suffix(".log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as f, contextlib.redirect_stderr(f):  # train.py's log of this run
+        code = _train_module().cli(["--cfg-path", str(job["config"]), "--options", *job["options"]])
+    logging.basicConfig(level=logging.WARNING, force=True)  # detach the handler from the closed log file
     if code != 0:
-        raise RuntimeError(f"train.py exited with {code} for {job['name']}")
+        raise RuntimeError(f"train.py exited with {code} for {job['name']}; see {log_file}")
     classifier = Path(job["run_dir"]) / "classifier.safetensors"
     top1 = score(classifier, Path(job["test"]), job["image_size"])
     return {"backbone": job["backbone"], "variant": job["variant"], "seed": job["seed"], "top1": top1,
