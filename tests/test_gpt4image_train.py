@@ -232,3 +232,14 @@ def test_shipped_configs_validate_and_name_real_timm_models(name):
     if "tiny" in name:  # small enough to build here
         built = GPT4ImageClassifier.from_config(model, num_classes=3, text_dim=384)
         assert built.head[-1].out_features == 384
+
+
+def test_export_cli(tmp_path, capsys):
+    from minigpt4.gpt4image import export
+
+    model = _model()
+    ckpt = save_trainable(tmp_path / "checkpoint_0.safetensors", model.trainable_state_dict(), model.checkpoint_meta())
+    assert export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert set(load_file(str(tmp_path / "m.safetensors"))) == set(model.backbone.state_dict())
+    assert export.main(["--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

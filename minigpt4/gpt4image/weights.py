@@ -1,17 +1,15 @@
 """The classifier's config keys and weight files: a local backbone initialisation (``model.backbone_ckpt``,
 never a download), the runner's full checkpoints (resume), and the export to a plain timm classifier.
 
-    python -m minigpt4.gpt4image.weights --checkpoint output/<run>/<job>/checkpoint_9.safetensors --out model.safetensors
+    python -m minigpt4.gpt4image.export --checkpoint output/<run>/<job>/checkpoint_9.safetensors --out model.safetensors
 
 writes the classifier without the projection head; ``timm.create_model(backbone, num_classes=K)`` loads it
 with ``strict=True`` (the backbone name, class names and timm kwargs are in the file's metadata).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -96,7 +94,10 @@ def export_classifier(checkpoint, out) -> Path:
     verified by loading it strictly into a fresh ``timm.create_model``."""
     import timm
 
-    state, meta = read_trainable(require_file(checkpoint, "checkpoint", section="--"))
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file (a checkpoint_*.safetensors of train.py)")
+    state, meta = read_trainable(checkpoint)
     if meta.get("arch") != "gpt4image_classifier":
         raise CheckpointError(f"--checkpoint {checkpoint}: not a gpt4image_classifier checkpoint (its JSON sidecar "
                               "must say arch: gpt4image_classifier)")
@@ -111,22 +112,3 @@ def export_classifier(checkpoint, out) -> Path:
             "backbone_kwargs": json.dumps(meta.get("backbone_kwargs", {}))}
     save_file({k: v.contiguous() for k, v in backbone.items()}, str(out), metadata=info)
     return out
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minigpt4.gpt4image.weights",
-                                description="Export a trained GPT4Image classifier as a plain timm state dict")
-    p.add_argument("--checkpoint", required=True, help="checkpoint_*.safetensors written by train.py")
-    p.add_argument("--out", required=True, help="output .safetensors")
-    args = p.parse_args(argv)
-    try:
-        out = export_classifier(args.checkpoint, args.out)
-    except (CheckpointError, FileNotFoundError, KeyError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
