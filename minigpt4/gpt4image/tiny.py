@@ -203,20 +203,26 @@ def run(out: Path, world: Path, *, seeds=(0, 1, 2), jobs: int = 2, train_per_cla
     todo = jobs_for(out, embeddings, backbones, variants, seeds)
     import multiprocessing as mp
 
+    runs = []
+
+    def report(complete: bool) -> dict:
+        timings["train"] = time.perf_counter() - t
+        return {"runs": runs, "summary": summarise(runs), "complete": complete,
+                "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu_seconds() - c0, 1),
+                "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "images": sizes,
+                "label": "shape of the leftmost object", "prompts": {k: PROMPTS[k] for k in kinds},
+                "world": str(world)}
+
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        runs = []
         for result in pool.map(train_one, todo):
             log.info("%s/%s seed %d: top-1 %.3f (%.0f s)", result["backbone"], result["variant"], result["seed"],
                      result["top1"], result["train_seconds"])
             runs.append(result)
-    timings["train"] = time.perf_counter() - t
-    report = {"runs": runs, "summary": summarise(runs), "seconds": round(time.perf_counter() - t0, 1),
-              "cpu_seconds": round(cpu_seconds() - c0, 1), "stage_seconds": {k: round(v, 1) for k, v in timings.items()},
-              "images": sizes, "label": "shape of the leftmost object",
-              "prompts": {k: PROMPTS[k] for k in kinds}, "world": str(world)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    write_html(out, report)
-    return report
+            (out / "report.json").write_text(json.dumps(report(False), indent=2))  # progress so far
+    final = report(True)  # CPU time of the finished worker processes included
+    (out / "report.json").write_text(json.dumps(final, indent=2))
+    write_html(out, final)
+    return final
 
 
 def main(argv=None) -> int:
