@@ -59,3 +59,5 @@ def test_whole_demonstration_on_a_small_budget(tmp_path):
     assert sorted(r["key"] for r in rows) == sorted(p.relative_to(tmp_path / "data" / "train").as_posix()
                                                     for p in (tmp_path / "data" / "train").rglob("*.png"))
     assert (tmp_path / "report.html").read_text().count("<img") >= 1
+    quality = report["descriptions"]["plain"]
+    assert quality["images"] == 18 and 0 <= quality["exact"] <= quality["leftmost_shape_right"] <= 18

@@ -41,7 +41,10 @@ def write_html(out: Path, report: dict) -> Path:
         parts.append(f"<tr><td>{e(backbone)}</td><td>{e(variant)}</td><td><b>{s['mean']:.3f} ± {s['std']:.3f}</b></td>"
                      + "".join(f"<td>{per_seed[x]:.3f}</td>" if x in per_seed else "<td></td>" for x in seeds)
                      + "</tr>")
-    parts.append("</table><h2>Training images and their descriptions</h2><table>"
+    quality = "; ".join(f"{k}: {v['exact']}/{v['images']} exactly right, leftmost shape right in "
+                        f"{v['leftmost_shape_right']}/{v['images']}" for k, v in report.get("descriptions", {}).items())
+    parts.append("</table><h2>Training images and their descriptions</h2>"
+                 + (f"<p>Descriptions against the ground truth: {e(quality)}.</p>" if quality else "") + "<table>"
                  "<tr><th>image</th><th>label</th><th>descriptions</th></tr>")
     plain = _rows(out / "descriptions" / "plain.jsonl")
     cond = _rows(out / "descriptions" / "class.jsonl")

@@ -164,6 +164,27 @@ def jobs_for(out: Path, embeddings: dict, backbones, variants, seeds) -> list[di
     return jobs
 
 
+def description_accuracy(out: Path, kind: str) -> dict:
+    """How right the tiny MiniGPT-4's descriptions of the training images are, against the scenes' ground
+    truth (the tiny world's own parser): the whole description, and the leftmost object's shape (the label)."""
+    from minigpt4.tiny_world import text as T
+    from minigpt4.tiny_world.scenes import Scene
+
+    scenes = {}
+    for line in (out / "data" / "scenes.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["split"] == "train":
+            scenes[row["key"]] = Scene.from_json(row["scene"])
+    rows = [json.loads(x) for x in (out / "descriptions" / f"{kind}.jsonl").read_text().splitlines() if x.strip()]
+    exact = label = 0
+    for row in rows:
+        parsed = T.parse_description(row.get("caption", ""))
+        first = parsed.objects.get("On the left is") or parsed.objects.get("It is")
+        exact += T.description_matches(parsed, scenes[row["key"]])
+        label += first is not None and first[2] == scenes[row["key"]].objects[0].shape
+    return {"images": len(rows), "exact": exact, "leftmost_shape_right": label}
+
+
 def summarise(runs: list[dict]) -> dict:
     out = {}
     for backbone in sorted({r["backbone"] for r in runs}):
@@ -211,6 +232,7 @@ def run(out: Path, world: Path, *, seeds=(0, 1, 2), jobs: int = 2, train_per_cla
                 "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu_seconds() - c0, 1),
                 "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "images": sizes,
                 "label": "shape of the leftmost object", "prompts": {k: PROMPTS[k] for k in kinds},
+                "descriptions": {k: description_accuracy(out, k) for k in kinds},
                 "world": str(world)}
 
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
