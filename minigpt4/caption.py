@@ -76,7 +76,8 @@ def check_args(args) -> None:
     if args.label_names and not labelled:
         raise ValueError("--label-names needs labels: add --labels dirs or --list FILE")
     if labelled and not Path(args.images).is_dir():
-        raise ValueError(f"--images {args.images}: not a folder ({'--list paths are relative to it' if args.list else '--labels dirs reads class folders under it'})")
+        why = "--list paths are relative to it" if args.list else "--labels dirs reads class folders under it"
+        raise ValueError(f"--images {args.images}: not a folder ({why})")
 
 
 def listing(args):
@@ -105,7 +106,9 @@ class PromptMaker:
 
         self.template = inference.caption_prompt(cfg.model, args.prompt)
         self.readable = None
-        if self.template is not None and "{label}" in self.template:
+        if args.label_names and (self.template is None or "{label}" not in self.template):
+            log.warning("--label-names is used for {label} in --prompt only; the prompt has none")
+        elif self.template is not None and "{label}" in self.template:
             names = image_lists.read_label_names(args.label_names) if args.label_names else None
             self.readable = image_lists.readable_names((item.label for item in items), names, args.label_names)
 

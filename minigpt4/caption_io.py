@@ -92,7 +92,9 @@ def shard_items(pattern: str, errors: ShardErrors, urls: list[str] | None = None
     urls = shard_urls(pattern) if urls is None else urls
     if not urls:
         return iter(())
-    return _samples(wds.WebDataset(urls, shardshuffle=False, handler=errors, empty_check=False), pattern)
+    # the caller gives each rank its own shards: no node splitting by webdataset
+    dataset = wds.WebDataset(urls, shardshuffle=False, handler=errors, empty_check=False, nodesplitter=None)
+    return _samples(dataset, pattern)
 
 
 def _samples(dataset, pattern: str) -> Iterator[Item]:

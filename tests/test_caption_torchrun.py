@@ -76,3 +76,27 @@ def test_two_ranks_killed_then_resumed_describe_every_image_once(tmp_path):
     assert got == rows(reference)  # same rows as one process (batch 1/4 on 2 ranks == batch 4 on one)
     assert not list(tmp_path.glob("out.jsonl.part-*"))
     assert {r["label"] for r in got} == {"circle", "square"}
+
+
+def test_two_ranks_split_webdataset_shards_and_merge_in_shard_order(tmp_path):
+    import webdataset as wds
+
+    keys = []
+    for shard in range(3):
+        with wds.TarWriter(str(tmp_path / f"part-{shard:03d}.tar")) as sink:
+            for i in range(shard * 3, shard * 3 + 3 + (shard == 2)):
+                path = tmp_path / f"{i}.png"
+                draw_scene(i).save(path)
+                sink.write({"__key__": f"s{i:05d}", "png": path.read_bytes()})
+                keys.append(f"s{i:05d}")
+    write_config(tmp_path)
+    common = ["--cfg-path", str(tmp_path / "fixture_eval.yaml"), "--images", str(tmp_path / "part-{000..002}.tar"),
+              "--max-new-tokens", "10", "--no-progress", "--batch-size", "2"]
+    assert caption.main([*common, "--out", str(tmp_path / "one.jsonl")]) == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
+           "-m", "minigpt4.caption", *common, "--out", str(tmp_path / "two.jsonl")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = rows(tmp_path / "two.jsonl")
+    assert [r["key"] for r in got] == keys  # shards 0 and 2 on rank 0, shard 1 on rank 1, merged in shard order
+    assert got == rows(tmp_path / "one.jsonl")

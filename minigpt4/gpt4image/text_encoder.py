@@ -105,6 +105,51 @@ def pool(hidden, mask, mode: str):
     return summed / (count.sqrt() if mode == "mean_sqrt_len_tokens" else count)
 
 
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                   "sentencepiece.bpe.model")
+
+
+def has_tokenizer(folder: Path) -> None:
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise EncoderError(f"--encoder {folder}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+
+
+def has_weights(folder: Path) -> None:
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) \
+            and not any(folder.glob("*.safetensors.index.json")):
+        raise EncoderError(f"--encoder {folder}: no weights (model.safetensors or pytorch_model.bin)")
+
+
+def checked(loaded, folder: Path):
+    """The model of ``from_pretrained(..., output_loading_info=True)``; weights the folder does not fill
+    (missing or of another shape) are an error, not a random initialisation."""
+    model, info = loaded
+    bad = list(info.get("missing_keys") or []) + [str(m[0]) if isinstance(m, tuple) else str(m)
+                                                   for m in info.get("mismatched_keys") or []]
+    if bad:
+        raise EncoderError(f"--encoder {folder}: the weights do not fill the text encoder ({len(bad)} tensor(s) "
+                           f"missing or of another shape, e.g. {bad[0]})")
+    return model
+
+
+def load_clip_text(folder: Path, config: dict):
+    """``CLIPTextModelWithProjection`` from a whole-CLIP folder (its text config gets the model's
+    ``projection_dim``) or from a text-tower folder."""
+    from transformers import CLIPConfig, CLIPTextModelWithProjection
+
+    text_config = None
+    if config.get("model_type") == "clip":
+        full = CLIPConfig.from_pretrained(folder)
+        text_config = full.text_config
+        text_config.projection_dim = full.projection_dim
+    kwargs = {"config": text_config} if text_config is not None else {}
+    return checked(CLIPTextModelWithProjection.from_pretrained(folder, output_loading_info=True, **kwargs), folder)
+
+
 class TextEncoder:
     """``encode(texts) -> [B, D]`` float32, L2-normalised."""
 
@@ -123,19 +168,22 @@ class TextEncoder:
         if detected == "sentence-transformers" and config.get("model_type") in CLIP_TYPES:
             raise EncoderError(f"--kind sentence-transformers: {self.folder} is a CLIP model; use --kind clip")
         self.kind = detected
+        has_weights(self.folder)
+        has_tokenizer(self.folder)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        except (OSError, ValueError) as exc:  # no tokenizer files in the folder
+            raise EncoderError(f"--encoder {self.folder}: no usable tokenizer ({first_line(exc)})") from None
         if self.kind == "clip":
-            from transformers import CLIPTextModelWithProjection
-
-            self.model = CLIPTextModelWithProjection.from_pretrained(self.folder)
+            self.model = load_clip_text(self.folder, config)
             self.mode = "text_embeds"
             default_length = self.model.config.max_position_embeddings  # 77 for CLIP
         else:
             from transformers import AutoModel
 
-            self.model = AutoModel.from_pretrained(self.folder)
-            self.mode = pooling_mode(self.folder)
+            self.mode = pooling_mode(self.folder)  # an unsupported folder fails before the weights load
+            self.model = checked(AutoModel.from_pretrained(self.folder, output_loading_info=True), self.folder)
             st = self.folder / "sentence_bert_config.json"
             default_length = _json(st).get("max_seq_length") if st.is_file() else None
             default_length = default_length or min(self.tokenizer.model_max_length,

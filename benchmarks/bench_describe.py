@@ -1,0 +1,168 @@
+"""GPT4Image steps 1 and 2: images described per second by one rank at batch 1 vs batch 8, and
+descriptions embedded per second with the bundled all-MiniLM-L6-v2.
+
+    python benchmarks/bench_describe.py                        # tiny-world stage-2 model if built, else the fixture
+    python benchmarks/bench_describe.py --tiny-world /work/tiny_world --images 48 --rounds 3
+
+Describing runs what one rank of ``python -m minigpt4.caption --labels dirs --prompt "... {label} ..."`` runs
+after the model is loaded: reading and preprocessing each image file, batched greedy generation with a
+class-conditioned prompt per image, and the fsynced JSONL part file. Embedding runs the text encoder of
+``python -m minigpt4.gpt4image.embed`` over the descriptions (length-sorted batches). Each setting runs in
+alternating rounds in one process with 1 torch thread (one rank = one core); medians are reported. The
+machine is shared, so compare the ratios. Writes ``benchmarks/results/describe.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "describe.json"
+SHAPES = ["circle", "square", "triangle"]
+
+
+def load_describer(tiny_world: Path | None):
+    """(name, cfg, model, vis_processor) of the tiny world's stage-2 model, else the golden fixture."""
+    from minigpt4 import inference
+
+    if tiny_world is not None and (tiny_world / "READY").exists():
+        options = [f"model.vit_ckpt={tiny_world}/backbones/vision/eva_vit.pth",
+                   f"model.q_former_model={tiny_world}/backbones/vision/blip2_qformer.pth",
+                   f"model.llama_model={tiny_world}/backbones/llm",
+                   f"model.ckpt={tiny_world}/runs/stage2/tiny/checkpoint_6.safetensors"]
+        args = Namespace(cfg_path=str(ROOT / "eval_configs" / "tiny_eval.yaml"), options=options, device="cpu",
+                         low_resource=False, load_in_4bit=False, device_map=None)
+        cfg, model, vis, _ = inference.load_model(args)
+        return "tiny-world stage 2", cfg, model, vis
+    sys.path.insert(0, str(ROOT / "tests"))
+    from inference_config import write_config
+
+    folder = Path(tempfile.mkdtemp(prefix="bench_describe_"))
+    args = Namespace(cfg_path=str(write_config(folder)), options=[], device="cpu", low_resource=False,
+                     load_in_4bit=False, device_map=None)
+    cfg, model, vis, _ = inference.load_model(args)
+    return "golden fixture", cfg, model, vis
+
+
+def make_class_folder(root: Path, n: int, size: int) -> None:
+    from PIL import Image, ImageDraw
+
+    colors = ["red", "green", "blue", "yellow", "purple", "orange"]
+    for i in range(n):
+        shape = SHAPES[i % 3]
+        img = Image.new("RGB", (size, size), (235, 235, 235))
+        draw = ImageDraw.Draw(img)
+        r = size // 5 + (i % 2) * size // 10
+        c, fill = size // 2, colors[(i // 3) % len(colors)]
+        box = (c - r, c - r, c + r, c + r)
+        if shape == "circle":
+            draw.ellipse(box, fill=fill)
+        elif shape == "square":
+            draw.rectangle(box, fill=fill)
+        else:
+            draw.polygon([(c, c - r), (c - r, c + r), (c + r, c + r)], fill=fill)
+        (root / shape).mkdir(parents=True, exist_ok=True)
+        img.save(root / shape / f"{i:04d}.png")
+
+
+def describe_round(model, vis, cfg, items, batch_size: int, max_new_tokens: int, out: Path):
+    from minigpt4 import inference
+    from minigpt4.caption import Captioner, PromptMaker
+    from minigpt4.sharded_jsonl import ShardedJsonl
+
+    args = Namespace(prompt="Describe this {label} in detail.", label_names=None)
+    prompt_for = PromptMaker(args, cfg, items)
+    gen = dict(max_new_tokens=max_new_tokens, num_beams=1, do_sample=False, repetition_penalty=1.0,
+               stop_strings=inference.caption_stop_strings(model))
+    out.unlink(missing_ok=True)
+    output = ShardedJsonl(out, 0, 2)  # a rank's part file
+    captioner = Captioner(model, vis, output, prompt_for, batch_size, gen)
+    start = time.perf_counter()
+    for item in items:
+        captioner.add(item)
+    captioner.flush()
+    elapsed = time.perf_counter() - start
+    output.close()
+    rows = [json.loads(line) for line in output.part_path(0, 2).read_text().splitlines()]
+    output.part_path(0, 2).unlink()
+    return elapsed, {r["key"]: r.get("caption") for r in rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tiny-world", type=Path, default=Path("/work/tiny_world"))
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--texts", type=int, default=128, help="short descriptions embedded per round at batch 64")
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from minigpt4.gpt4image.embed import embed_texts
+    from minigpt4.gpt4image.text_encoder import TextEncoder
+    from minigpt4.image_lists import class_folder_items
+
+    name, cfg, model, vis = load_describer(args.tiny_world)
+    size = int(cfg.model.get("image_size", 224))
+    work = Path(tempfile.mkdtemp(prefix="bench_describe_"))
+    make_class_folder(work / "train", args.images, size)
+    items, _ = class_folder_items(work / "train")
+    describe_round(model, vis, cfg, items[:4], 4, args.max_new_tokens, work / "warm.jsonl")  # warm-up
+    times = {1: [], 8: []}
+    texts = {}
+    for _ in range(args.rounds):
+        for batch in (1, 8):
+            elapsed, texts[batch] = describe_round(model, vis, cfg, items, batch, args.max_new_tokens,
+                                                   work / f"b{batch}.jsonl")
+            times[batch].append(elapsed)
+    same = sum(texts[1][k] == texts[8][k] for k in texts[1])
+    per_s = {b: len(items) / statistics.median(t) for b, t in times.items()}
+
+    encoder = TextEncoder(None, "auto", "cpu")
+    described = [t for t in texts[8].values() if t] or ["a shape"]
+    short = [described[i % len(described)] for i in range(args.texts)]
+    paragraph = [" ".join(described[(i + j) % len(described)] for j in range(6)) for i in range(args.texts)]
+    embed_texts(encoder, short[:64], 64, progress=False)  # warm-up
+    settings = {"short_batch_1": (short[:32], 1), "short_batch_64": (short, 64),
+                "paragraph_batch_64": (paragraph[:64], 64)}
+    emb_times = {setting: [] for setting in settings}
+    for _ in range(args.rounds):
+        for setting, (subset, batch) in settings.items():
+            start = time.perf_counter()
+            embed_texts(encoder, subset, batch, progress=False)
+            emb_times[setting].append(len(subset) / (time.perf_counter() - start))
+    emb = {setting: statistics.median(v) for setting, v in emb_times.items()}
+    tokens = {kind: round(statistics.mean(len(encoder.tokenize([t]).input_ids[0]) for t in subset[:64]), 1)
+              for kind, subset in (("short", short), ("paragraph", paragraph))}
+
+    result = {
+        "describer": name, "images": len(items), "image_size": size, "max_new_tokens": args.max_new_tokens,
+        "rounds": args.rounds, "torch_threads": 1, "prompt": "Describe this {label} in detail.",
+        "describe_images_per_s": {"batch_1": round(per_s[1], 2), "batch_8": round(per_s[8], 2)},
+        "describe_batch8_over_batch1": round(per_s[8] / per_s[1], 2),
+        "batch8_same_text_as_batch1": f"{same}/{len(texts[1])}",
+        "encoder": encoder.name, "encoder_dim": encoder.dim,
+        "embed_texts": args.texts, "embed_mean_tokens": tokens,
+        "embeddings_per_s": {setting: round(v, 1) for setting, v in emb.items()},
+        "embed_batch64_over_batch1": round(emb["short_batch_64"] / emb["short_batch_1"], 2),
+        "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
+                    "platform": platform.platform(), "torch": torch.__version__},
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
