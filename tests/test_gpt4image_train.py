@@ -243,3 +243,17 @@ def test_export_cli(tmp_path, capsys):
     assert set(load_file(str(tmp_path / "m.safetensors"))) == set(model.backbone.state_dict())
     assert export.main(["--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_list_file_instead_of_scanning_and_keys_relative_to_root(tmp_path):
+    keys = make_folder(tmp_path / "train", per_class=2)
+    write_embeddings(tmp_path / "e.safetensors", keys)
+    listed = [k for k in keys if not k.startswith("square/")]
+    (tmp_path / "list.csv").write_text("path,label\n" + "".join(f"{k},{k.split('/')[0]}\n" for k in listed))
+    cfg = OmegaConf.create({"build_info": {"train": str(tmp_path / "train"), "train_list": str(tmp_path / "list.csv"),
+                                           "embeddings": str(tmp_path / "e.safetensors")},
+                            "vis_processor": {"train": {"name": "classifier_image_train", "image_size": 16},
+                                              "eval": {"name": "classifier_image_eval", "image_size": 16}}})
+    ds = DescribedFolderBuilder(cfg).build_datasets()["train"]
+    assert ds.keys == listed and ds.classes == ["circle", "triangle"]
+    assert torch.equal(ds.load(0)["text_embedding"], key_vector(listed[0], 16))
