@@ -30,8 +30,10 @@ def _model(lam=0.3, **kw):
 
 
 # --------------------------------------------------------------------------- heads and model
-@pytest.mark.parametrize("kind,layers", [("bn", [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Linear]),
-                                         ("mlp", [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear])])
+BN_HEAD = [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU, torch.nn.Linear]
+
+
+@pytest.mark.parametrize("kind,layers", [("bn", BN_HEAD), ("mlp", [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear])])
 def test_head_layout_and_shapes(kind, layers):
     head = build_head(kind, 40, 12)
     assert [type(m) for m in head] == layers

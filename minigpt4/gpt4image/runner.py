@@ -52,7 +52,8 @@ class ClassifierRunner(RunnerBase):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)  # buffers synced from rank 0 (default)
+        # every parameter trains; buffers (BatchNorm statistics) are synced from rank 0 before each forward
+        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)
 
     def _sync_buffers(self) -> None:
         if D.is_dist():
