@@ -2,7 +2,8 @@
 
 Mirrors the original's ``Config(args)`` (``args.cfg_path``, ``args.options``) with two fixes:
 ``--options model.model_type=X`` really selects X's default model YAML, and every key is checked
-against :mod:`minigpt4.common.schema` so a typo is a one-line error naming the key.
+against :mod:`minigpt4.common.schema` so a typo is a one-line error naming the key. A model class or dataset
+builder may declare its own keys (class attribute ``CONFIG_KEYS``); MiniGPT-4's are the default.
 """
 from __future__ import annotations
 
@@ -81,18 +82,30 @@ def _check_mapping(section: str, cfg, known: dict[str, tuple], strict_unknown: b
             raise ConfigError(f"{section}.{key} must be {names}, got {value!r} ({type(value).__name__})")
 
 
+def _declared_keys(kind: str, name, default: dict[str, tuple]) -> dict[str, tuple]:
+    """The keys a registered model / builder declares (class attribute ``CONFIG_KEYS``), else ``default``.
+    An unknown name keeps ``default`` here; resolving it later gives the error that names it."""
+    try:
+        cls = getattr(registry, f"get_{kind}_class")(name) if isinstance(name, str) else None
+    except KeyError:
+        cls = None
+    return getattr(cls, "CONFIG_KEYS", None) or default
+
+
 def validate(cfg: DictConfig) -> None:
     for key in cfg.keys():
         if key not in schema.TOP_LEVEL:
             raise ConfigError(f"unknown top-level section {key!r}{_suggest(str(key), schema.TOP_LEVEL)}")
-    _check_mapping("model", cfg.get("model"), schema.MODEL_KEYS)
+    model = cfg.get("model")
+    arch = model.get("arch") if isinstance(model, DictConfig) else None
+    _check_mapping("model", model, _declared_keys("model", arch, schema.MODEL_KEYS))
     _check_mapping("run", cfg.get("run"), schema.RUN_KEYS)
     datasets = cfg.get("datasets")
     if datasets is not None:
         if not isinstance(datasets, DictConfig):
             raise ConfigError("datasets: expected a mapping of dataset name -> settings")
         for name in datasets.keys():
-            _check_mapping(f"datasets.{name}", datasets[name], schema.DATASET_KEYS)
+            _check_mapping(f"datasets.{name}", datasets[name], _declared_keys("builder", name, schema.DATASET_KEYS))
 
 
 def model_default_config(arch: str, model_type: str | None) -> DictConfig:

@@ -41,10 +41,21 @@ def param_groups(named_parameters, weight_decay: float) -> list[dict]:
             {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 def build_optimizer(model: torch.nn.Module, run_cfg) -> torch.optim.Optimizer:
+    """``run.optimizer``: ``adamw`` (default, betas (0.9, ``beta2``)) or ``sgd`` (``momentum``, default 0.9)."""
     groups = param_groups(model.named_parameters(), run_cfg.get("weight_decay", 0.05))
     if not any(g["params"] for g in groups):
         raise ValueError("the model has no trainable parameters")
+    name = str(run_cfg.get("optimizer", "adamw")).lower()
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=float(run_cfg.init_lr), momentum=float(run_cfg.get("momentum", 0.9)))
+    if name != "adamw":
+        from minigpt4.common.config import ConfigError
+
+        raise ConfigError(f"run.optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
     return torch.optim.AdamW(groups, lr=float(run_cfg.init_lr),
                              betas=(0.9, float(run_cfg.get("beta2", 0.999))))
 

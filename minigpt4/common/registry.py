@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 
 REGISTERING_MODULES = ("minigpt4.datasets", "minigpt4.models", "minigpt4.processors", "minigpt4.runners",
-                       "minigpt4.tasks")
+                       "minigpt4.tasks", "minigpt4.gpt4image.register")
 
 
 def register_all() -> None:

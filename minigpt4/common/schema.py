@@ -2,6 +2,8 @@
 
 A type spec is a tuple of accepted Python types; ``None`` in the tuple means the key may be null.
 Sections that are free-form mappings (``vit_config``, processors, ``build_info``) are typed ``dict``.
+``MODEL_KEYS`` / ``DATASET_KEYS`` are MiniGPT-4's; another model class or dataset builder declares its own
+table as the class attribute ``CONFIG_KEYS`` (see ``minigpt4.gpt4image``).
 """
 from __future__ import annotations
 
@@ -79,6 +81,8 @@ RUN_KEYS: dict[str, tuple] = {
     "faithful_lr_schedule": (bool,),
     "weight_decay": NUM,
     "beta2": NUM,
+    "optimizer": (str,),
+    "momentum": NUM,
     "max_epoch": (int,),
     "iters_per_epoch": (int,),
     "batch_size_train": (int,),

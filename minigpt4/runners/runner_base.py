@@ -249,6 +249,7 @@ class RunnerBase:
 
     def _end_epoch(self, epoch: int, sums: list) -> dict:
         stats = {"epoch": epoch, "train_loss": sums[0] / max(sums[2], 1), "train_lr": sums[1] / max(sums[2], 1)}
+        stats.update(self.epoch_metrics(epoch))
         skipped = self.loader.skip_counts() if hasattr(self.loader, "skip_counts") else {}
         if skipped:  # this rank's bad samples, by reason
             stats["skipped"] = dict(skipped)
@@ -256,6 +257,11 @@ class RunnerBase:
             self.reporter.epoch(stats)
             log.info("epoch %d: %s", epoch, stats)
         return stats
+
+    def epoch_metrics(self, epoch: int) -> dict:
+        """Extra per-epoch figures (e.g. validation accuracy) for log.txt; called on every rank (may be
+        collective). MiniGPT-4 training has none."""
+        return {}
 
     def _on_stop_signal(self, signum, frame) -> None:
         """SIGTERM/Ctrl-C: checkpoint at the next optimizer step and stop; a second Ctrl-C aborts at once."""

@@ -1,0 +1,88 @@
+"""Dataset builder ``gpt4image_folder``: a training folder joined by key to its description embeddings, plus an
+optional validation folder.
+
+    datasets:
+      gpt4image_folder:
+        build_info:
+          train: data/train            # ROOT/<class>/<image>
+          train_list: null             # optional CSV (path,label) / JSONL list instead of scanning the folder
+          val: data/val                # optional; top-1/top-5 on it after every epoch
+          val_list: null
+          embeddings: data/train.safetensors   # python -m minigpt4.gpt4image.embed --out ...
+        vis_processor:
+          train: {name: classifier_image_train, image_size: 224}
+          eval: {name: classifier_image_eval, image_size: 224}
+        missing_description: skip      # or error
+        shuffle_descriptions: false    # control: every image gets another image's description
+
+Without ``embeddings`` (only allowed with ``model.lambda: 0``) the split has labels only.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from omegaconf import OmegaConf
+
+from minigpt4.common import schema
+from minigpt4.common.config import resolve_path
+from minigpt4.common.registry import registry
+from minigpt4.datasets.builders import BaseDatasetBuilder
+from minigpt4.gpt4image.data import DescribedImageFolder, read_embeddings, read_list, scan_folder
+from minigpt4.processors import build_processor
+
+log = logging.getLogger(__name__)
+
+
+@registry.register_builder("gpt4image_folder")
+class DescribedFolderBuilder(BaseDatasetBuilder):
+    name = "gpt4image_folder"
+    DATASET_CONFIG_DICT = {"default": "configs/datasets/gpt4image/folder.yaml"}
+    CONFIG_KEYS = {**schema.DATASET_KEYS, "missing_description": (str,), "shuffle_descriptions": (bool,),
+                   "seed": (int,)}
+
+    def _info(self, key: str):
+        return OmegaConf.select(self.config, f"build_info.{key}")
+
+    def _rows(self, split: str):
+        folder, listing = self._info(split), self._info(f"{split}_list")
+        if folder is None:
+            return None, None
+        root = resolve_path(folder)
+        if listing:
+            return root, read_list(resolve_path(listing), root, self._key(f"build_info.{split}_list"))
+        return root, scan_folder(root, self._key(f"build_info.{split}"))
+
+    def _processor(self, split: str):
+        cfg = OmegaConf.select(self.config, f"vis_processor.{split}")
+        if cfg is None:
+            raise ValueError(f"{self._key(f'vis_processor.{split}')} is required, e.g. "
+                             f"{{name: classifier_image_{split}, image_size: 224}}")
+        return build_processor(cfg)
+
+    def build_datasets(self) -> dict:
+        root, rows = self._rows("train")
+        if root is None:
+            raise ValueError(f"{self._key('build_info.train')} is not set (a folder ROOT/<class>/<image>)")
+        classes = sorted({c for _, c in rows})
+        embeddings, meta = None, {}
+        if self._info("embeddings"):
+            keys, emb, meta = read_embeddings(resolve_path(self._info("embeddings")),
+                                              self._key("build_info.embeddings"))
+            embeddings = (keys, emb)
+        common = dict(name=self.name, what=self._key("")[:-1])
+        train = DescribedImageFolder(root, rows, classes, self._processor("train"), embeddings=embeddings,
+                                     missing_description=self.config.get("missing_description", "skip"),
+                                     shuffle_descriptions=self.config.get("shuffle_descriptions", False),
+                                     seed=self.config.get("seed", 0), **common)
+        train.embedding_meta = {k: v for k, v in meta.items() if k not in ("keys", "labels")}
+        train.embedding_meta.update(path=str(self._info("embeddings")) if embeddings is not None else None)
+        out = {"train": self._annotate(train)}
+        val_root, val_rows = self._rows("val")
+        if val_root is not None:
+            out["val"] = DescribedImageFolder(val_root, val_rows, classes, self._processor("eval"), **common)
+        log.info("%s: %d training images in %d classes%s%s", self.name, len(train), len(classes),
+                 f", {len(out['val'])} validation images" if "val" in out else "",
+                 f", text embeddings of dim {train.text_dim} ({json.dumps(meta.get('encoder', '?'))})"
+                 if embeddings is not None else "")
+        return out

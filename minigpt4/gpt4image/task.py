@@ -1,0 +1,25 @@
+"""Task ``image_classification``: one ``gpt4image_folder`` dataset block -> train (+ val) splits, and the
+classifier built with the class count, class names and text dimension that the data gives."""
+from __future__ import annotations
+
+from minigpt4.common.registry import registry
+from minigpt4.tasks.base_task import BaseTask
+
+
+@registry.register_task("image_classification")
+class ImageClassificationTask(BaseTask):
+    def build_datasets(self, cfg) -> dict:
+        if cfg.datasets_cfg is not None and len(cfg.datasets_cfg) > 1:
+            raise ValueError(f"datasets: image_classification trains on one dataset block, got "
+                             f"{list(cfg.datasets_cfg)}")
+        self.datasets = super().build_datasets(cfg)
+        return self.datasets
+
+    def build_model(self, cfg, device=None):
+        (splits,) = self.datasets.values()
+        train = splits["train"]
+        if device is None:
+            device = cfg.run_cfg.get("device") if cfg.run_cfg is not None else None
+        return registry.get_model_class(cfg.model_cfg.arch).from_config(
+            cfg.model_cfg, device=device, num_classes=len(train.classes), text_dim=train.text_dim,
+            class_names=train.classes)

@@ -1,0 +1,114 @@
+"""The classifier's config keys and weight files: a local backbone initialisation (``model.backbone_ckpt``,
+never a download), the runner's full checkpoints (resume), and the export to a plain timm classifier.
+
+    python -m minigpt4.gpt4image.export --checkpoint output/<run>/<job>/checkpoint_9.safetensors --out model.safetensors
+
+writes the classifier without the projection head; ``timm.create_model(backbone, num_classes=K)`` loads it
+with ``strict=True`` (the backbone name, class names and timm kwargs are in the file's metadata).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from minigpt4.models.checkpoint import CheckpointError, load_torch, read_trainable, require_file
+
+log = logging.getLogger(__name__)
+
+OPT_STR, OPT_INT, NUM = (str, type(None)), (int, type(None)), (int, float)
+CONFIG_KEYS: dict[str, tuple] = {
+    "arch": (str,),
+    "model_type": OPT_STR,
+    "backbone": (str,),              # any timm model name: resnet50, deit_base_patch16_224, convnext_tiny ...
+    "backbone_ckpt": OPT_STR,        # local initial weights (timm/torchvision state dict); null = random init
+    "backbone_kwargs": (dict, type(None)),  # extra timm.create_model kwargs (e.g. embed_dim, depth)
+    "img_size": OPT_INT,             # passed to timm (ViTs)
+    "drop_path_rate": (int, float, type(None)),
+    "drop_rate": (int, float, type(None)),
+    "num_classes": OPT_INT,          # default: the number of class folders
+    "text_dim": OPT_INT,             # default: the embedding file's dimension
+    "head_type": (str,),             # auto | bn | mlp | linear
+    "lambda": NUM,                   # weight of the alignment loss; 0 = plain cross-entropy baseline
+    "align_loss": (str,),            # clip | ctr | byol
+    "tau": NUM,                      # fixed temperature (0.2 CNNs, 0.05 ViTs in the recipes)
+    "label_smoothing": NUM,
+    "mixup": NUM,
+    "cutmix": NUM,
+    "mixup_prob": NUM,
+    "mixup_switch_prob": NUM,
+    "device": OPT_STR,
+}
+
+
+def _unwrap(state):
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            return state[key]
+    return state
+
+
+def load_backbone_weights(backbone: torch.nn.Module, path) -> None:
+    """Initialise ``backbone`` from a local file (safetensors or .pth/.bin state dict). The classifier layer is
+    skipped when its shape differs (another class count); every other weight must be present and fit."""
+    path = require_file(path, "backbone_ckpt")
+    state = load_file(str(path)) if path.suffix == ".safetensors" else _unwrap(load_torch(path))
+    if not isinstance(state, dict):
+        raise CheckpointError(f"model.backbone_ckpt {path}: expected a state dict, got {type(state).__name__}")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = backbone.state_dict()
+    classifier = backbone.pretrained_cfg.get("classifier", "fc") if hasattr(backbone, "pretrained_cfg") else "fc"
+    names = [classifier] if isinstance(classifier, str) else list(classifier)
+    dropped = [k for k in list(state) if any(k.startswith(n + ".") for n in names)
+               and k in own and state[k].shape != own[k].shape]
+    for k in dropped:
+        del state[k]
+    wrong = [k for k in state if k in own and state[k].shape != own[k].shape]
+    if wrong:
+        raise CheckpointError(f"model.backbone_ckpt {path}: {wrong[0]} is {list(state[wrong[0]].shape)}, the "
+                              f"backbone needs {list(own[wrong[0]].shape)} (a checkpoint of another model?)")
+    result = backbone.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not any(k.startswith(n + ".") for n in names)]
+    if missing:
+        raise CheckpointError(f"model.backbone_ckpt {path}: {len(missing)} backbone weights missing, e.g. {missing[0]}")
+    log.info("backbone initialised from %s (%d tensors%s, %d unused)", path, len(state),
+             f"; classifier {dropped} re-initialised for the new class count" if dropped else "",
+             len(result.unexpected_keys))
+
+
+def load_full_state(model: torch.nn.Module, path) -> None:
+    state, _ = read_trainable(Path(path))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        raise CheckpointError(f"{path}: does not fit this model ({first[1].strip() if len(first) > 1 else first[0]})") \
+            from None
+
+
+def export_classifier(checkpoint, out) -> Path:
+    """A runner checkpoint (with its JSON sidecar) -> a plain timm classifier file (no projection head),
+    verified by loading it strictly into a fresh ``timm.create_model``."""
+    import timm
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file (a checkpoint_*.safetensors of train.py)")
+    state, meta = read_trainable(checkpoint)
+    if meta.get("arch") != "gpt4image_classifier":
+        raise CheckpointError(f"--checkpoint {checkpoint}: not a gpt4image_classifier checkpoint (its JSON sidecar "
+                              "must say arch: gpt4image_classifier)")
+    backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    fresh = timm.create_model(meta["backbone"], pretrained=False, num_classes=meta["num_classes"],
+                              **meta.get("backbone_kwargs", {}))
+    fresh.load_state_dict(backbone, strict=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    info = {"backbone": meta["backbone"], "num_classes": str(meta["num_classes"]),
+            "class_names": json.dumps(meta.get("class_names", [])),
+            "backbone_kwargs": json.dumps(meta.get("backbone_kwargs", {}))}
+    save_file({k: v.contiguous() for k, v in backbone.items()}, str(out), metadata=info)
+    return out
