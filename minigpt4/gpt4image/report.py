@@ -23,7 +23,8 @@ def _image(path: Path) -> str:
 
 
 def write_html(out: Path, report: dict) -> Path:
-    runs, summary = report["runs"], report["summary"]
+    runs = report["runs"] + [{**r, "variant": "aligned_class"} for r in report.get("runs_class_conditioned", [])]
+    summary = report["summary"]
     seeds = sorted({r["seed"] for r in runs})
     e = html.escape
     parts = ["<!doctype html><meta charset='utf-8'><title>GPT4Image on the tiny world</title>",

@@ -228,7 +228,13 @@ def run(out: Path, world: Path, *, seeds=(0, 1, 2), jobs: int = 2, train_per_cla
 
     def report(complete: bool) -> dict:
         timings["train"] = time.perf_counter() - t
-        return {"runs": runs, "summary": summarise(runs), "complete": complete,
+        # ``runs`` holds the three variants of the method (baseline, aligned, shuffled; aligned = descriptions
+        # from the plain prompt); the aligned runs on class-conditioned descriptions are listed apart
+        main = [r for r in runs if r["variant"] != "aligned_class"]
+        class_conditioned = [{**r, "variant": "aligned", "descriptions": "class-conditioned"}
+                             for r in runs if r["variant"] == "aligned_class"]
+        return {"runs": main, "runs_class_conditioned": class_conditioned, "summary": summarise(runs),
+                "complete": complete,
                 "seconds": round(time.perf_counter() - t0, 1), "cpu_seconds": round(cpu_seconds() - c0, 1),
                 "stage_seconds": {k: round(v, 1) for k, v in timings.items()}, "images": sizes,
                 "label": "shape of the leftmost object", "prompts": {k: PROMPTS[k] for k in kinds},
