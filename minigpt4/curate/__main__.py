@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 
+from minigpt4.common.tiny_world_paths import add_tiny_world_arg
 from minigpt4.curate.config import STAGES, CurateError
 
 log = logging.getLogger("minigpt4.curate")
@@ -26,6 +27,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m minigpt4.curate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=None, help="YAML with a 'curate:' section (every key has a default)")
     parser.add_argument("--cfg-path", default=None, help="the stage-1 model config (needed by describe)")
+    add_tiny_world_arg(parser)
     parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
                         help="curate.KEY=VALUE for the curation, other keys for the model config")
     parser.add_argument("--device", default=None, help="torch device for the stage-1 model (default: run.device)")
@@ -51,6 +53,7 @@ def run(args) -> dict:
     from minigpt4 import curate
     from minigpt4.common.config import ConfigError
     from minigpt4.common.dist import launcher_env
+    from minigpt4.common.tiny_world_paths import TinyWorldError
     from minigpt4.inference import UsageError
     from minigpt4.models.checkpoint import CheckpointError
 
@@ -59,7 +62,8 @@ def run(args) -> dict:
         cfg = curate.load_config(args.config, curate_opts, images=args.images, work_dir=args.work_dir,
                                  num_images=args.num_images, seed=args.seed, fixer=args.fixer,
                                  export_out=args.export_out, review_edits=args.review_edits)
-        model_args = {"cfg_path": args.cfg_path, "options": model_opts, "device": args.device}
+        model_args = {"cfg_path": args.cfg_path, "options": model_opts, "device": args.device,
+                      "tiny_world": args.tiny_world}
         rank, world_size = 0, 1
         if (launcher_env() or (0, 1, 0))[1] > 1:
             from minigpt4.sharded_jsonl import launch_ranks
@@ -68,7 +72,7 @@ def run(args) -> dict:
             rank, world_size, model_args["device"] = info.rank, info.world_size, str(info.device)
         return curate.run(cfg, stages=args.stages, model_args=model_args, retry_failed=args.retry_failed,
                           force=args.force, rank=rank, world_size=world_size)
-    except (CurateError, UsageError, ConfigError, CheckpointError, FileNotFoundError) as exc:
+    except (CurateError, UsageError, ConfigError, CheckpointError, TinyWorldError, FileNotFoundError) as exc:
         print(f"minigpt4.curate: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -36,11 +36,13 @@ def continue_prompt(dcfg, first_answer: str) -> str:
 
 
 def load_stage1_model(model_args: dict):
-    """``(model, vis_processor)`` from ``{"cfg_path", "options", "device"}`` as the inference CLIs read them."""
+    """``(model, vis_processor)`` from ``{"cfg_path", "options", "device", "tiny_world"}`` as the inference CLIs
+    read them."""
     from minigpt4 import inference
 
     args = SimpleNamespace(cfg_path=model_args.get("cfg_path"), options=list(model_args.get("options") or []),
-                           device=model_args.get("device"), low_resource=False, load_in_4bit=False, device_map=None)
+                           device=model_args.get("device"), low_resource=False, load_in_4bit=False, device_map=None,
+                           tiny_world=model_args.get("tiny_world"))
     if not args.cfg_path:
         raise inference.UsageError("--cfg-path (the stage-1 model config) is needed by the describe stage")
     _, model, vis_processor, _ = inference.load_model(args)
