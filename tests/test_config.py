@@ -1,6 +1,7 @@
 """Layered configs: merge order, --options forms, model_type switching, validation errors."""
 from __future__ import annotations
 
+import re
 import textwrap
 
 import pytest
@@ -70,3 +71,23 @@ def test_errors_name_the_key(tmp_path, text, message):
 def test_bad_option_type_is_caught(tmp_path):
     with pytest.raises(ConfigError, match=r"run\.iters_per_epoch must be int"):
         Config.load(write(tmp_path, BASE), options=["run.iters_per_epoch=abc"])
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "no such file"),
+    ("model:\n  arch: minigpt4\n\tbad: 1\n", "not valid YAML at line 3, column 1"),
+    ("model: [1, 2\n", "not valid YAML at line 2"),
+    (b"\xff\xfe\x00\x81binary", "not a text (YAML) file"),
+    ("- a\n- b\n", "expected a mapping of sections"),
+])
+def test_unreadable_config_files_are_one_line_errors_naming_the_file(tmp_path, content, message):
+    path = tmp_path / "cfg.yaml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=re.escape(message)) as info:
+        Config.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="is a folder"):
+        Config.load(tmp_path)

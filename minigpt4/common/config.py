@@ -108,6 +108,29 @@ def validate(cfg: DictConfig) -> None:
             _check_mapping(f"datasets.{name}", datasets[name], _declared_keys("builder", name, schema.DATASET_KEYS))
 
 
+def load_yaml(path) -> DictConfig:
+    """The user's YAML as a mapping; a missing file, a folder, a YAML error (with its line and column) or a
+    file that is not a mapping is a one-line error naming the file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"--cfg-path {path}: " + ("is a folder, not a YAML file" if p.is_dir() else "no such file"))
+    try:
+        cfg = OmegaConf.load(p)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--cfg-path {path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--cfg-path {path}: not a text (YAML) file") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"--cfg-path {path}: expected a mapping of sections (model, datasets, run), "
+                          f"got a {type(cfg).__name__}")
+    return cfg
+
+
 def model_default_config(arch: str, model_type: str | None) -> DictConfig:
     model_cls = registry.get_model_class(arch)
     if model_type is None:
@@ -135,7 +158,7 @@ class Config:
         registry_module.register_all()
 
         self.args = args
-        user = OmegaConf.load(args.cfg_path) if getattr(args, "cfg_path", None) else OmegaConf.create()
+        user = load_yaml(args.cfg_path) if getattr(args, "cfg_path", None) else OmegaConf.create()
         if getattr(args, "cfg_dict", None) is not None:
             user = OmegaConf.merge(user, OmegaConf.create(args.cfg_dict))
         overrides = parse_options(getattr(args, "options", None))
