@@ -33,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS
+
 log = logging.getLogger("minigpt4.caption")
 PROG = "python -m minigpt4.caption"
 
@@ -61,10 +63,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=300)
     parser.add_argument("--num-beams", type=int, default=1)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="larger images (width x height, read from the header before decoding) become error "
+                             "rows (default: 40000000)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_beams < 1:
-        parser.error("--batch-size, --max-new-tokens and --num-beams must be at least 1")
+    if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_beams < 1 or args.max_image_pixels < 1:
+        parser.error("--batch-size, --max-new-tokens, --num-beams and --max-image-pixels must be at least 1")
     return args
 
 
@@ -110,7 +115,7 @@ def listing(args):
     elif source.is_dir():
         items, others = caption_io.folder_items(source)
     elif source.is_file() and source.suffix.lower() in caption_io.image_extensions():  # one image
-        return [caption_io.Item(source.name, str(source), lambda: caption_io.load_image(source))], None
+        return [caption_io.Item(source.name, str(source), lambda max_pixels=DEFAULT_MAX_IMAGE_PIXELS: caption_io.load_image(source, max_pixels))], None
     else:
         return None, caption_io.shard_urls(args.images)
     if others:
@@ -141,8 +146,10 @@ class PromptMaker:
 class Captioner:
     """Collects readable images into batches and writes rows in input order."""
 
-    def __init__(self, model, vis_processor, output, prompt_for, batch_size: int, gen_kwargs: dict):
+    def __init__(self, model, vis_processor, output, prompt_for, batch_size: int, gen_kwargs: dict,
+                 max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         self.model, self.vis_processor, self.output = model, vis_processor, output
+        self.max_pixels = max_pixels
         self.prompt_for, self.batch_size, self.gen_kwargs = prompt_for, batch_size, gen_kwargs
         self.pending: list = []  # (item, pixels or None, error or None)
         self.counts = {"captioned": 0, "errors": 0, "skipped_done": 0}
@@ -152,7 +159,7 @@ class Captioner:
         pixels, error = None, item.error
         if error is None:
             try:
-                pixels = self.vis_processor(item.load())
+                pixels = self.vis_processor(item.load(self.max_pixels))
             except ValueError as exc:
                 error = str(exc)
         if error is not None:
@@ -235,7 +242,8 @@ def caption_share(args, info, output, items, urls, model, vis_processor, prompt_
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False,
                       repetition_penalty=args.repetition_penalty,
                       stop_strings=inference.caption_stop_strings(model))
-    captioner = Captioner(model, vis_processor, output, prompt_for, args.batch_size, gen_kwargs)
+    captioner = Captioner(model, vis_processor, output, prompt_for, args.batch_size, gen_kwargs,
+                          args.max_image_pixels)
     shard_errors, order = ShardErrors(), {}
     if items is not None:
         todo = [item for item in items if item.key not in output.done]

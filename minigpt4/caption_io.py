@@ -1,7 +1,7 @@
 """Inputs and output of batch captioning: image folders, webdataset shards, and a resumable JSONL file.
 
 An *item* is one candidate image with a stable ``key`` (the path relative to the folder, or the
-webdataset ``__key__``). ``item.load()`` returns an RGB PIL image or raises ``ValueError`` with the
+webdataset ``__key__``). ``item.load(max_pixels)`` returns an RGB PIL image or raises ``ValueError`` with the
 reason, so a bad image becomes an error row instead of stopping the run.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from minigpt4.conversation.conversation import load_image
-from minigpt4.images import open_image
+from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, open_image
 from minigpt4.sharded_jsonl import JsonlOutput  # noqa: F401  (re-exported)
 from minigpt4.walk import log_skipped, walk_files
 
@@ -49,15 +49,15 @@ def folder_items(folder: Path) -> tuple[list[Item], list[Path]]:
         if any(part.startswith(".") for part in rel.parts):
             continue
         if path.suffix.lower() in exts:
-            items.append(Item(rel.as_posix(), str(path), lambda p=path: load_image(p)))
+            items.append(Item(rel.as_posix(), str(path), lambda max_pixels=DEFAULT_MAX_IMAGE_PIXELS, p=path: load_image(p, max_pixels)))
         else:
             others.append(path)
     return items, others
 
 
-def load_image_bytes(data: bytes, where: str) -> Image.Image:
-    """RGB, or ``ValueError`` (unreadable, or over the default pixel limit: see :mod:`minigpt4.images`)."""
-    return open_image(data, where=where)
+def load_image_bytes(data: bytes, where: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+    """RGB, or ``ValueError`` (unreadable, or over ``max_pixels``: see :mod:`minigpt4.images`)."""
+    return open_image(data, where=where, max_pixels=max_pixels)
 
 
 class ShardErrors:
@@ -126,4 +126,4 @@ def _samples(dataset, pattern: str) -> Iterator[Item]:
                        kind="shard")
             continue
         data = sample[ext]
-        yield Item(key, url, lambda d=data, w=f"{url}:{key}.{ext}": load_image_bytes(d, w), kind="shard")
+        yield Item(key, url, lambda max_pixels=DEFAULT_MAX_IMAGE_PIXELS, d=data, w=f"{url}:{key}.{ext}": load_image_bytes(d, w, max_pixels), kind="shard")

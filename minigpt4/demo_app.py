@@ -53,7 +53,7 @@ def open_checked(path, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise ValueError(f"This image is too large ({width}x{height} pixels; at most {max_pixels:,} pixels).")
     try:
-        return load_image(path)
+        return load_image(path, max_pixels=max_pixels)
     except ValueError as exc:
         raise ValueError("This file is not an image I can read (it may be corrupt).") from exc
 

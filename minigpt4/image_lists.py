@@ -89,6 +89,7 @@ def list_items(list_file: Path, root: Path):
     """Items of a list file, in its order; a path listed twice is an error."""
     from minigpt4.caption_io import Item
     from minigpt4.conversation.conversation import load_image
+    from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS
 
     items, first = [], {}
     for where, value, label in read_list(Path(list_file)):
@@ -97,7 +98,7 @@ def list_items(list_file: Path, root: Path):
             raise ValueError(f"{where}: {key} is listed twice (first at line {first[key].rsplit(':', 1)[1]})")
         first[key] = where
         path = Path(root) / key
-        items.append(Item(key, str(path), lambda p=path: load_image(p), label=label))
+        items.append(Item(key, str(path), lambda max_pixels=DEFAULT_MAX_IMAGE_PIXELS, p=path: load_image(p, max_pixels), label=label))
     return items
 
 

@@ -139,3 +139,22 @@ def test_shards_cut_between_members_compressed_or_with_a_member_twice(workdir, t
     assert rows["d"]["error"] == "the sample holds more than one png member"
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert summary.endswith("unreadable shard data 1")  # the cut shard, reported, not silently short
+
+
+def test_images_over_max_image_pixels_become_error_rows_and_16_bit_images_are_read(workdir, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), "red").save(folder / "big.png")
+    gray16 = np.full((32, 32), 32768, dtype=np.uint16)  # mid-grey in 16 bits (Pillow alone clips it to white)
+    Image.fromarray(gray16).save(folder / "deep.png")
+    out = tmp_path / "out.jsonl"
+    assert caption.main(_argv(workdir, folder, out, "--max-image-pixels", "2000")) == 0
+    rows = {r["key"]: r for r in _rows(out)}
+    assert "caption" not in rows["big.png"] and "4,096 pixels" in rows["big.png"]["error"]
+    assert "caption" in rows["deep.png"]
+    from minigpt4.conversation.conversation import load_image
+
+    assert load_image(folder / "deep.png").getpixel((0, 0)) == (128, 128, 128)  # 32768 / 257, not 255
