@@ -46,6 +46,7 @@ DEFAULTS = {
         "continue_prompt": CONTINUE_INSTRUCTION,
         "continue_max_tokens": 80,  # ask "Continue" when the answer has at most this many LLM tokens
         "stop": ["###"],
+        "max_image_pixels": 40_000_000,  # larger images (from the header, before decoding) are describe errors
     },
     "fix": {
         "fixer": "rules",      # rules | openai | hf | none
@@ -94,7 +95,8 @@ DEFAULTS = {
 CHOICES = {"fix.fixer": ("rules", "openai", "hf", "none"),
            "fix.openai.prompt_role": ("system", "user"),
            "filter.already_correct": ("keep_original", "reject", "keep_reply")}
-MIN_ONE = ("describe.batch_size", "describe.max_new_tokens", "describe.num_beams", "fix.openai.concurrency",
+MIN_ONE = ("describe.batch_size", "describe.max_new_tokens", "describe.num_beams", "describe.max_image_pixels",
+           "fix.openai.concurrency",
            "fix.openai.max_tokens", "fix.hf.max_new_tokens", "fix.hf.batch_size")
 NULLABLE = ("images", "num_images", "fix.openai.base_url", "fix.openai.price_per_input_token",
             "fix.openai.price_per_output_token", "fix.hf.model", "fix.hf.torch_dtype", "review.edits", "export.out")

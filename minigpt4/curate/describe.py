@@ -76,7 +76,7 @@ class Describer:
         pixels, error, where = None, item.error, (os.path.abspath(item.source) if item.kind == "image" else None)
         if error is None:
             try:
-                image = item.load()
+                image = item.load(int(self.dcfg.max_image_pixels))
                 pixels = self.vis_processor(image)
                 where = self._keep_copy(item, image)
             except ValueError as exc:
