@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 from PIL import Image
 
@@ -35,3 +36,12 @@ def test_train_processor_random_crop_and_deterministic_variant():
 def test_grayscale_images_become_rgb():
     out = build_processor({"name": "blip2_image_eval", "image_size": 16})(Image.new("L", (20, 20), 128))
     assert out.shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("name, key, value", [("blip2_image_train", "image_size", 0),
+                                              ("blip2_image_eval", "image_size", -3),
+                                              ("blip_caption", "max_words", 0),
+                                              ("classifier_image_eval", "crop_pct", 0)])
+def test_sizes_must_be_positive_and_the_error_names_the_processor_and_key(name, key, value):
+    with pytest.raises(ValueError, match=f"processor '{name}': {key} must be a number > 0, got {value}"):
+        build_processor({"name": name, key: value})

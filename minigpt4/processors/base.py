@@ -4,6 +4,9 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 
+POSITIVE_KEYS = ("image_size", "max_words", "crop_pct", "min_scale", "max_scale")
+
+
 class BaseProcessor:
     def __call__(self, item):
         raise NotImplementedError
@@ -20,4 +23,8 @@ def build_processor(cfg):
     if cfg is None:
         return None
     cfg = OmegaConf.create(cfg) if not OmegaConf.is_config(cfg) else cfg
+    for key in POSITIVE_KEYS:
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+            raise ValueError(f"processor {cfg.get('name')!r}: {key} must be a number > 0, got {value!r}")
     return registry.get_processor_class(cfg.name).from_config(cfg)
