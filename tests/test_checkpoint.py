@@ -71,3 +71,29 @@ def test_safetensors_checkpoint_round_trip(tmp_path, model):
     assert path.suffix == ".safetensors" and path.with_suffix(".json").exists()
     other = MiniGPT4.from_config(model_cfg(FX, ckpt=str(path)))
     torch.testing.assert_close(other.llama_proj.weight, model.llama_proj.weight, atol=0, rtol=0)
+
+
+def test_unreadable_torch_files_are_checkpoint_errors_naming_the_file(tmp_path):
+    import os
+    import pickle
+
+    from minigpt4.models.checkpoint import CheckpointError, load_torch
+
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.ones(2)}, good)
+    (tmp_path / "truncated.pth").write_bytes(good.read_bytes()[:100])
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text('{"not": "a checkpoint"}')
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.getpid, ())
+
+    with open(tmp_path / "code.pth", "wb") as f:
+        pickle.dump(RunsCode(), f)
+    assert torch.equal(load_torch(good)["w"], torch.ones(2))
+    for name, why in (("truncated.pth", "truncated"), ("empty.pth", "empty"), ("text.pth", "not a plain tensor"),
+                      ("code.pth", "not a plain tensor"), (".", "is a folder")):
+        with pytest.raises(CheckpointError, match=why) as info:
+            load_torch(tmp_path / name)
+        assert str(tmp_path / name).rstrip("/.") in str(info.value) and "\n" not in str(info.value)

@@ -48,7 +48,31 @@ def require_file(path, key: str, section: str = "model") -> Path:
 
 
 def load_torch(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A ``torch.save`` file read with ``weights_only=True``; a folder, an empty, truncated or foreign file, or
+    a pickle that would run code is a :class:`CheckpointError` naming the file."""
+    import pickle
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        why = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0] \
+            if "WeightsUnpickler error:" in text else (text.strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(f"{path}: not a plain tensor checkpoint (refused by weights_only loading: "
+                              f"{why[:200]})") from None
+    except (EOFError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint ({type(exc).__name__})") from None
+    except RuntimeError as exc:
+        if "zip" in str(exc).lower() or "archive" in str(exc).lower():
+            raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint "
+                                  f"({str(exc).splitlines()[0].split('. ')[0]})") from None
+        raise
 
 
 # --------------------------------------------------------------------------- EVA-ViT (original layout)
