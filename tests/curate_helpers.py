@@ -31,6 +31,18 @@ def rows(path) -> list[dict]:
     return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
+def kill_after_rows(proc, path, n: int, timeout: float) -> None:
+    """SIGKILL ``proc`` once ``path`` holds at least ``n`` complete rows (or after ``timeout`` seconds)."""
+    import signal
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (not Path(path).exists() or len(rows(path)) < n):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def one_per_key(path) -> dict[str, dict]:
     rs = rows(path)
     keys = [r["key"] for r in rs]

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from curate_helpers import one_per_key, rows
+from curate_helpers import kill_after_rows, one_per_key, rows
 from inference_config import draw_scene, write_config
 from minigpt4 import curate, inference
 from minigpt4.curate import __main__ as cli
@@ -309,10 +309,8 @@ def test_torchrun_splits_describe_over_two_ranks(setup, full, tmp_path):
 
 @pytest.mark.slow  # a subprocess loading the library and the model: about 30 s on 2 busy cores
 def test_killed_describe_run_resumes(setup, full, tmp_path):
-    import signal
     import subprocess
     import sys
-    import time
 
     from train_helpers import subprocess_env
 
@@ -321,11 +319,7 @@ def test_killed_describe_run_resumes(setup, full, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "minigpt4.curate", *argv], cwd=tmp_path, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = work / "described.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and (not out.exists() or len(rows(out)) < 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_rows(proc, out, 3, timeout=300)
     before = rows(out)
     assert 3 <= len(before) < 8 and not (work / "fixed.jsonl").exists()
     result = curate.run(curate.load_config(setup / "curate.yaml", images=setup / "images", work_dir=work),

@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from curate_helpers import PARAGRAPH, config, described_workdir, one_per_key, rows
+from curate_helpers import PARAGRAPH, config, described_workdir, kill_after_rows, one_per_key, rows
 from minigpt4 import curate
 from minigpt4.curate import __main__ as cli
 from minigpt4.curate.config import FIX_PROMPT
@@ -140,11 +138,7 @@ def test_killed_fix_run_resumes_without_loss_or_duplicates(tmp_path):
                                      "fix", "--options", *opts], cwd=tmp_path, env=env, stdout=log_file,
                                     stderr=subprocess.STDOUT)
             out = work / "fixed.jsonl"
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline and (not out.exists() or len(rows(out)) < 3):
-                time.sleep(0.05)
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+            kill_after_rows(proc, out, 3, timeout=120)
         before = rows(out)
         assert 3 <= len(before) < 10
         asked_before = len(server.requests)
