@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from minigpt4.errors import UserError
+
 # The largest image decoded by default, in pixels (the demo's limit; a 48 MP photo is 8000 x 6000).
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 BACKGROUND = (255, 255, 255)
@@ -30,11 +32,11 @@ _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _WITH_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
 
 
-class UnreadableImage(ValueError):
+class UnreadableImage(UserError, ValueError):
     """Not an image Pillow can decode (or a truncated one)."""
 
 
-class ImageTooLarge(ValueError):
+class ImageTooLarge(UserError, ValueError):
     """More pixels than allowed; raised before the pixels are decoded."""
 
 

@@ -28,6 +28,7 @@ import contextlib
 import logging
 import sys
 
+from minigpt4.errors import UserError
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg, check_tiny_world, set_tiny_world
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ DEFAULT_INSTRUCTION = "Describe this image in detail."
 TEMPLATES = ("auto", "training", "vicuna0", "llama2")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A problem with what the user asked for (config, device, files); printed without a traceback."""
 
 

@@ -16,6 +16,7 @@ from typing import Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from minigpt4.errors import UserError
 from minigpt4.common import registry as registry_module
 from minigpt4.common import schema
 from minigpt4.common import tiny_world_paths  # noqa: F401  (registers the ${tiny_world:...} resolver)
@@ -24,7 +25,7 @@ from minigpt4.common.registry import registry
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config problem, always naming the offending key."""
 
 

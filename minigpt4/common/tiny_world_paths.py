@@ -10,13 +10,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from minigpt4.errors import UserError
+
 RESOLVER = "tiny_world"
 DEFAULT = "tiny_world"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _chosen: list[Path | None] = [None]
 
 
-class TinyWorldError(ValueError):
+class TinyWorldError(UserError, ValueError):
     """The tiny world a config points at is missing or incomplete (or ``--tiny-world`` does not apply)."""
 
 

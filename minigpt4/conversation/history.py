@@ -11,12 +11,13 @@ import dataclasses
 import logging
 from typing import Callable
 
+from minigpt4.errors import UserError
 from minigpt4.models.prompting import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
 
-class ContextTooLongError(ValueError):
+class ContextTooLongError(UserError, ValueError):
     """Even the newest turn alone does not fit in ``max_length - max_new_tokens``."""
 
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import math
 
+from minigpt4.errors import UserError
 
-class GenerationSettingsError(ValueError):
+
+class GenerationSettingsError(UserError, ValueError):
     """A generation setting out of range; the message names the option (a flag on the command line)."""
 
 

