@@ -33,6 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from minigpt4.errors import UsageError, user_errors
 from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS
 
 log = logging.getLogger("minigpt4.caption")
@@ -76,22 +77,22 @@ def parse_args(argv=None) -> argparse.Namespace:
 def check_args(args) -> None:
     labelled = args.labels is not None or args.list is not None
     if args.labels and args.list:
-        raise ValueError("--labels dirs and --list are two ways to give labels; use one")
+        raise UsageError("--labels dirs and --list are two ways to give labels; use one")
     if args.prompt and "{label}" in args.prompt and not labelled:
-        raise ValueError("--prompt uses {label} but the images have no labels; add --labels dirs (class folders) "
+        raise UsageError("--prompt uses {label} but the images have no labels; add --labels dirs (class folders) "
                          "or --list FILE (path,label)")
     if args.label_names and not labelled:
-        raise ValueError("--label-names needs labels: add --labels dirs or --list FILE")
+        raise UsageError("--label-names needs labels: add --labels dirs or --list FILE")
     if labelled and not Path(args.images).is_dir():
         why = "--list paths are relative to it" if args.list else "--labels dirs reads class folders under it"
-        raise ValueError(f"--images {args.images}: not a folder ({why})")
+        raise UsageError(f"--images {args.images}: not a folder ({why})")
     check_out(Path(args.out))
 
 
 def check_out(out: Path) -> None:
     """``--out`` must be a file path whose folder can be written (one line instead of a traceback)."""
     if out.is_dir():
-        raise ValueError(f"--out {out}: is a folder; give the path of a .jsonl file, e.g. {out / 'captions.jsonl'}")
+        raise UsageError(f"--out {out}: is a folder; give the path of a .jsonl file, e.g. {out / 'captions.jsonl'}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out.parent):
@@ -100,7 +101,7 @@ def check_out(out: Path) -> None:
             with open(out, "ab"):
                 pass
     except OSError as exc:
-        raise ValueError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
+        raise UsageError(f"--out {out}: cannot write there ({exc.strerror or exc})") from None
 
 
 def listing(args):
@@ -200,7 +201,7 @@ def run(args) -> dict:
     from minigpt4.common import dist as D
     from minigpt4.sharded_jsonl import ShardedJsonl, launch_ranks
 
-    with inference.cli_errors("minigpt4.caption"):
+    with user_errors("minigpt4.caption"):
         check_args(args)
         items, urls = listing(args)
         cfg = inference.load_config(args)
@@ -209,7 +210,7 @@ def run(args) -> dict:
     info = launch_ranks(str(device) if device.index is not None else device.type)
     output = None
     try:
-        with inference.cli_errors("minigpt4.caption"):
+        with user_errors("minigpt4.caption"):
             output = ShardedJsonl(args.out, info.rank, info.world_size)
             args.device = str(info.device)
             cfg, model, vis_processor, device = inference.load_model(args)

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 from PIL import Image
 
 from minigpt4.conversation.conversation import load_image
+from minigpt4.errors import MissingFile
 from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, open_image
 from minigpt4.sharded_jsonl import JsonlOutput  # noqa: F401  (re-exported)
 from minigpt4.walk import log_skipped, walk_files
@@ -86,7 +87,7 @@ def shard_urls(pattern: str) -> list[str]:
     urls = list(braceexpand(pattern))
     missing = [u for u in urls if "://" not in u and not Path(u).exists()]
     if missing:
-        raise FileNotFoundError(f"--images {pattern}: not a folder, and {len(missing)} shard(s) do not exist, "
+        raise MissingFile(f"--images {pattern}: not a folder, and {len(missing)} shard(s) do not exist, "
                                 f"e.g. {missing[0]}")
     return urls
 

@@ -14,6 +14,7 @@ import logging
 import sys
 
 from minigpt4 import inference
+from minigpt4.errors import user_errors
 
 HELP = "commands: /image PATH (add an image), /reset (start over), /quit (or Ctrl-D)"
 COMMANDS = """\
@@ -127,7 +128,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        with inference.cli_errors("minigpt4.chat"):
+        with user_errors("minigpt4.chat"):
             gen_kwargs = generation_kwargs(args)
             cfg, model, vis_processor, device = inference.load_model(args)
             template = inference.conversation_from_config(cfg.model, args.template)

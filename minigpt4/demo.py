@@ -16,6 +16,7 @@ import os
 import sys
 
 from minigpt4 import inference
+from minigpt4.errors import user_errors
 
 log = logging.getLogger("minigpt4.demo")
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    with inference.cli_errors("demo.py"):
+    with user_errors("demo.py"):
         check_args(args)
         cfg, model, vis_processor, device = inference.load_model(args)
         template = inference.conversation_from_config(cfg.model, args.template)

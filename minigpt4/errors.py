@@ -1,12 +1,59 @@
-"""The library's user errors: what the command-line entry points print as one line.
+"""The library's user errors, and the one boundary where the command-line entry points print them.
 
 Every error that is the user's to fix (a config key, a weight file, a flag, an image, a prompt
-that does not fit) derives from :class:`UserError`. Entry points catch ``UserError`` only, so a
-bug raised inside torch, transformers or this library keeps its traceback.
+that does not fit) derives from :class:`UserError`. Entry points catch ``UserError`` only
+(through :func:`user_errors` or :func:`run_cli`), so a bug raised inside torch, transformers or this
+library keeps its traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import sys
+
+EXIT_USER_ERROR = 2
+
 
 class UserError(Exception):
     """Something the user asked for or pointed at is wrong; the message names it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config problem, always naming the offending key."""
+
+
+class UsageError(UserError, ValueError):
+    """A command-line flag, or a combination of flags, that cannot work; the message names the flag."""
+
+
+class MissingFile(UserError, FileNotFoundError):
+    """A file or folder named by a config key or a flag does not exist; the message names the key or flag."""
+
+
+class InvalidFile(UserError, ValueError):
+    """A file named by a config key or a flag exists but does not hold what it must; the message names it."""
+
+
+def report(prog: str, exc: UserError) -> int:
+    """Print ``<prog>: error: <message>`` on stderr; returns the exit status of a user error (2)."""
+    print(f"{prog}: error: {exc}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+@contextlib.contextmanager
+def user_errors(prog: str):
+    """The command-line boundary: a :class:`UserError` raised inside becomes one line on stderr,
+    ``<prog>: error: <message>``, and ``SystemExit(2)``; every other exception keeps its traceback."""
+    try:
+        yield
+    except UserError as exc:
+        raise SystemExit(report(prog, exc)) from None
+
+
+def run_cli(prog: str, fn, *args, **kwargs) -> int:
+    """``fn(*args, **kwargs)`` behind the same boundary, for entry points that return their exit status:
+    a :class:`UserError` is reported in one line and gives 2; every other exception keeps its traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as exc:
+        return report(prog, exc)

@@ -13,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 
+from minigpt4.errors import MissingFile, UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -30,18 +32,18 @@ def class_folder_items(root: Path):
     for item in labelled:
         item.label = item.key.split("/", 1)[0]
     if not labelled:
-        raise ValueError(f"--images {root}: no image in a class folder (expected ROOT/<class>/<image>)")
+        raise UsageError(f"--images {root}: no image in a class folder (expected ROOT/<class>/<image>)")
     return labelled, others + [Path(item.source) for item in loose]
 
 
 def relative_key(value: str, root: Path, where: str) -> str:
     """The key of a listed path: its path relative to ``root`` (lexically; ``..`` may not leave it)."""
     if not value:
-        raise ValueError(f"{where}: empty path")
+        raise UsageError(f"{where}: empty path")
     base = os.path.normpath(os.path.abspath(root))
     full = os.path.normpath(value if os.path.isabs(value) else os.path.join(base, value))
     if os.path.commonpath([base, full]) != base or full == base:
-        raise ValueError(f"{where}: {value} is outside --images {root}")
+        raise UsageError(f"{where}: {value} is outside --images {root}")
     return Path(os.path.relpath(full, base)).as_posix()
 
 
@@ -49,7 +51,7 @@ def read_list(list_file: Path) -> list[tuple[str, str, str]]:
     """``(where, path, label)`` rows of a CSV (header with ``path`` and ``label``) or JSONL
     (``{"path", "label"}`` per line) file."""
     if not list_file.is_file():
-        raise FileNotFoundError(f"--list {list_file}: no such file")
+        raise MissingFile(f"--list {list_file}: no such file")
     text = list_file.read_text(encoding="utf-8-sig")
     rows = []
     if list_file.suffix.lower() in (".jsonl", ".json", ".ndjson"):
@@ -60,10 +62,10 @@ def read_list(list_file: Path) -> list[tuple[str, str, str]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{where}: not JSON ({exc})") from None
+                raise UsageError(f"{where}: not JSON ({exc})") from None
             missing = [c for c in ("path", "label") if not isinstance(obj, dict) or obj.get(c) in (None, "")]
             if missing:
-                raise ValueError(f"{where}: missing {' and '.join(repr(c) for c in missing)} "
+                raise UsageError(f"{where}: missing {' and '.join(repr(c) for c in missing)} "
                                  '(each line is {"path": ..., "label": ...})')
             rows.append((where, str(obj["path"]), str(obj["label"])))
     else:
@@ -71,17 +73,17 @@ def read_list(list_file: Path) -> list[tuple[str, str, str]]:
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in ("path", "label") if c not in header]
         if missing:
-            raise ValueError(f"--list {list_file}: no {' or '.join(repr(c) for c in missing)} column "
+            raise UsageError(f"--list {list_file}: no {' or '.join(repr(c) for c in missing)} column "
                              f"(header: {','.join(header) or 'none'}); the first line must name path,label")
         reader.fieldnames = header
         for number, rec in enumerate(reader, 2):
             where = f"--list {list_file}:{number}"
             path, label = (rec.get("path") or "").strip(), (rec.get("label") or "").strip()
             if not label:
-                raise ValueError(f"{where}: empty label")
+                raise UsageError(f"{where}: empty label")
             rows.append((where, path, label))
     if not rows:
-        raise ValueError(f"--list {list_file}: no rows")
+        raise UsageError(f"--list {list_file}: no rows")
     return rows
 
 
@@ -95,7 +97,7 @@ def list_items(list_file: Path, root: Path):
     for where, value, label in read_list(Path(list_file)):
         key = relative_key(value, root, where)
         if key in first:
-            raise ValueError(f"{where}: {key} is listed twice (first at line {first[key].rsplit(':', 1)[1]})")
+            raise UsageError(f"{where}: {key} is listed twice (first at line {first[key].rsplit(':', 1)[1]})")
         first[key] = where
         path = Path(root) / key
         items.append(Item(key, str(path), lambda max_pixels=DEFAULT_MAX_IMAGE_PIXELS, p=path: load_image(p, max_pixels), label=label))
@@ -107,7 +109,7 @@ def read_label_names(path: Path) -> dict[str, str]:
     ``id,name``, an optional header) or text (``id name, synonym, ...`` per line: the first name)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"--label-names {path}: no such file")
+        raise MissingFile(f"--label-names {path}: no such file")
     text = path.read_text(encoding="utf-8-sig")
     names: dict[str, str] = {}
     suffix = path.suffix.lower()
@@ -115,21 +117,21 @@ def read_label_names(path: Path) -> dict[str, str]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"--label-names {path}: not JSON ({exc})") from None
+            raise UsageError(f"--label-names {path}: not JSON ({exc})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"--label-names {path}: expected a JSON object id -> name")
+            raise UsageError(f"--label-names {path}: expected a JSON object id -> name")
         for key, value in data.items():
             if isinstance(value, list) and len(value) == 2:
                 key, value = value
             if not isinstance(value, str):
-                raise ValueError(f"--label-names {path}: the entry {key!r} is not a name (or an [id, name] pair)")
+                raise UsageError(f"--label-names {path}: the entry {key!r} is not a name (or an [id, name] pair)")
             names[str(key)] = value
     elif suffix == ".csv":
         for number, rec in enumerate(csv.reader(text.splitlines()), 1):
             if not rec or not "".join(rec).strip():
                 continue
             if len(rec) < 2:
-                raise ValueError(f"--label-names {path}:{number}: expected two columns id,name")
+                raise UsageError(f"--label-names {path}:{number}: expected two columns id,name")
             if number == 1 and [c.strip().lower() for c in rec[:2]] in (["id", "name"], ["label", "name"]):
                 continue
             names[rec[0].strip()] = ",".join(rec[1:]).strip()
@@ -139,10 +141,10 @@ def read_label_names(path: Path) -> dict[str, str]:
                 continue
             parts = line.strip().split(None, 1)
             if len(parts) < 2:
-                raise ValueError(f"--label-names {path}:{number}: expected 'id name' per line")
+                raise UsageError(f"--label-names {path}:{number}: expected 'id name' per line")
             names[parts[0]] = parts[1].split(",")[0].strip()
     if not names:
-        raise ValueError(f"--label-names {path}: no names")
+        raise UsageError(f"--label-names {path}: no names")
     return names
 
 
@@ -152,6 +154,6 @@ def readable_names(labels, names: dict[str, str] | None, names_file=None) -> dic
     if names is not None:
         missing = [label for label in labels if label not in names]
         if missing:
-            raise ValueError(f"--label-names {names_file}: no name for {len(missing)} of {len(labels)} label(s), "
+            raise UsageError(f"--label-names {names_file}: no name for {len(missing)} of {len(labels)} label(s), "
                              f"e.g. {missing[0]!r}")
     return {label: (names[label] if names is not None else label).replace("_", " ").strip() for label in labels}

@@ -24,21 +24,15 @@ arguments first, so ``--help`` and usage errors are instant.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import sys
 
-from minigpt4.errors import UserError
+from minigpt4.errors import UsageError
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg, check_tiny_world, set_tiny_world
 
 log = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTION = "Describe this image in detail."
 TEMPLATES = ("auto", "training", "vicuna0", "llama2")
-
-
-class UsageError(UserError, ValueError):
-    """A problem with what the user asked for (config, device, files); printed without a traceback."""
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -208,15 +202,3 @@ def caption_stop_strings(model) -> list[str]:
         return ["\n"]
     return model.stop_strings()
 
-
-@contextlib.contextmanager
-def cli_errors(prog: str):
-    """Turn configuration/usage errors into one line on stderr and exit status 2."""
-    from minigpt4.common.config import ConfigError
-    from minigpt4.models.checkpoint import CheckpointError
-
-    try:
-        yield
-    except (UsageError, ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -28,6 +28,8 @@ import signal
 import sys
 from pathlib import Path
 
+from minigpt4.errors import InvalidFile, UsageError
+
 log = logging.getLogger(__name__)
 
 
@@ -55,7 +57,7 @@ def _rows(path: Path, truncate: bool = False):
                     key = json.loads(line)["key"]
                     hash(key)
                 except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
-                    raise ValueError(f"{path}:{number}: not a JSONL row with a \"key\" ({type(exc).__name__}: "
+                    raise InvalidFile(f"{path}:{number}: not a JSONL row with a \"key\" ({type(exc).__name__}: "
                                      f"{exc}); use another output file or fix this one") from exc
                 rows.append((key, start, end))
             start = end
@@ -76,7 +78,7 @@ def _lock(file, path: Path) -> None:
         fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         file.close()
-        raise ValueError(f"{path}: another process is writing this file (a run still going?); "
+        raise UsageError(f"{path}: another process is writing this file (a run still going?); "
                          "wait for it or stop it, then run again") from None
 
 

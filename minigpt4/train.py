@@ -2,6 +2,7 @@
 
     python train.py --cfg-path train_configs/minigpt4_stage1_pretrain.yaml [--options k=v ...] [--resume auto|PATH]
     torchrun --nproc-per-node N train.py --cfg-path ...
+    minigpt4-train --cfg-path ...                       # the same, installed (or: torchrun ... -m minigpt4.train)
 
 Config -> distributed init -> seeds (seed + rank) -> task -> datasets -> model -> runner, as the original.
 Exit codes: 0 done (or stopped by ``run.max_seconds``, with a checkpoint); 2 bad input (unknown key, missing
@@ -20,6 +21,7 @@ import signal
 import sys
 
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg
+from minigpt4.errors import ConfigError, UserError, run_cli
 
 log = logging.getLogger("train")
 
@@ -41,8 +43,8 @@ signal was honoured with a checkpoint.
 """
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="train.py", description="Train MiniGPT-4 (stage 1 or stage 2) from a YAML "
+def parse_args(argv=None, prog: str = "train.py"):
+    p = argparse.ArgumentParser(prog=prog, description="Train MiniGPT-4 (stage 1 or stage 2) from a YAML "
                                 "config, under torchrun or as a single process.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cfg-path", required=True,
@@ -78,8 +80,6 @@ def resolve_resume(run, flag: str | None, allow_fresh: bool = False):
     A newest resume file that is unusable, or job folders that hold a run but no resume file, are refused
     (the run would silently start over) unless ``allow_fresh``, which starts a new run with a warning.
     """
-    from minigpt4.common.config import ConfigError
-    from minigpt4.models.checkpoint import CheckpointError
     from minigpt4.runners import checkpointing as C
     from minigpt4.runners.output import runs_without_resume
 
@@ -94,7 +94,7 @@ def resolve_resume(run, flag: str | None, allow_fresh: bool = False):
         try:
             C.load_resume(found)
             return found
-        except (ValueError, FileNotFoundError, CheckpointError) as e:
+        except UserError as e:
             problem = f"--resume auto: the newest resume file is unusable: {e}"
     else:
         orphans = runs_without_resume(out_dir)
@@ -112,7 +112,6 @@ def resolve_resume(run, flag: str | None, allow_fresh: bool = False):
 
 def check_resume(path, world_size: int) -> None:
     """Refuse a file that is not our resume file, or one written by another number of processes, up front."""
-    from minigpt4.common.config import ConfigError
     from minigpt4.runners import checkpointing as C
 
     state = C.load_resume(path)
@@ -172,25 +171,25 @@ def main(argv=None, args=None) -> int:
     return 0
 
 
-def cli(argv=None) -> int:
-    args = parse_args(argv)
+def cli(argv=None, prog: str = "train.py") -> int:
+    """``main`` behind the command-line boundary: a user error is one line and exit status 2, a NaN/inf
+    loss exit status 3; anything else keeps its traceback."""
+    args = parse_args(argv, prog)
     from minigpt4.common import dist as D
-    from minigpt4.common.config import ConfigError
-    from minigpt4.models.checkpoint import CheckpointError
     from minigpt4.runners import TrainingDiverged
-    from minigpt4.runners.checkpointing import CheckpointWriteError
 
     try:
-        return main(args=args)
-    except (ConfigError, CheckpointError, CheckpointWriteError, FileNotFoundError, ValueError, KeyError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"train.py: error: {msg}", file=sys.stderr)
-        return 2
+        return run_cli(prog, main, args=args)
     except TrainingDiverged as e:
-        print(f"train.py: stopped: {e}", file=sys.stderr)
+        print(f"{prog}: stopped: {e}", file=sys.stderr)
         return 3
     finally:
         D.cleanup()
+
+
+def console() -> int:
+    """The ``minigpt4-train`` console script."""
+    return cli(prog="minigpt4-train")
 
 
 if __name__ == "__main__":

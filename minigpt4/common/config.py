@@ -16,17 +16,14 @@ from typing import Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from minigpt4.errors import UserError
+from minigpt4.errors import ConfigError
 from minigpt4.common import registry as registry_module
 from minigpt4.common import schema
 from minigpt4.common import tiny_world_paths  # noqa: F401  (registers the ${tiny_world:...} resolver)
 from minigpt4.common.registry import registry
+from minigpt4.common.shipped import shipped_file
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(UserError, ValueError):
-    """A config problem, always naming the offending key."""
 
 
 def parse_options(options: Iterable[str] | None) -> DictConfig:
@@ -52,12 +49,15 @@ def parse_options(options: Iterable[str] | None) -> DictConfig:
 
 
 def resolve_path(path: str | Path) -> Path:
-    """A relative path as given (from the working directory), else relative to the repository root."""
+    """A relative path as given (from the working directory), else relative to the repository root, else
+    the package's copy of the repository's config folders (:mod:`minigpt4.common.shipped`)."""
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p
     in_repo = Path(registry.get_path("repo_root")) / p
-    return in_repo if in_repo.exists() else p
+    if in_repo.exists():
+        return in_repo
+    return shipped_file(p) or p
 
 
 def _suggest(key: str, known: Iterable[str]) -> str:
@@ -88,7 +88,7 @@ def _declared_keys(kind: str, name, default: dict[str, tuple]) -> dict[str, tupl
     An unknown name keeps ``default`` here; resolving it later gives the error that names it."""
     try:
         cls = getattr(registry, f"get_{kind}_class")(name) if isinstance(name, str) else None
-    except KeyError:
+    except ConfigError:
         cls = None
     return getattr(cls, "CONFIG_KEYS", None) or default
 
@@ -114,7 +114,7 @@ def load_yaml(path) -> DictConfig:
     file that is not a mapping is a one-line error naming the file."""
     import yaml
 
-    p = Path(path)
+    p = resolve_path(path)
     if not p.is_file():
         raise ConfigError(f"--cfg-path {path}: " + ("is a folder, not a YAML file" if p.is_dir() else "no such file"))
     try:
@@ -133,7 +133,7 @@ def load_yaml(path) -> DictConfig:
 
 
 def model_default_config(arch: str, model_type: str | None) -> DictConfig:
-    model_cls = registry.get_model_class(arch)
+    model_cls = registry.get_model_class(arch, key="model.arch")
     if model_type is None:
         return OmegaConf.create()
     table = getattr(model_cls, "PRETRAINED_MODEL_CONFIG_DICT", {})
@@ -144,7 +144,7 @@ def model_default_config(arch: str, model_type: str | None) -> DictConfig:
 
 
 def dataset_default_config(name: str, dataset_cfg) -> DictConfig:
-    builder_cls = registry.get_builder_class(name)
+    builder_cls = registry.get_builder_class(name, key=f"datasets.{name}")
     kind = (dataset_cfg or {}).get("type", "default")
     table = getattr(builder_cls, "DATASET_CONFIG_DICT", {})
     if kind not in table:
@@ -164,7 +164,6 @@ class Config:
             user = OmegaConf.merge(user, OmegaConf.create(args.cfg_dict))
         overrides = parse_options(getattr(args, "options", None))
         self.config = self.build(user, overrides)
-        registry.register("configuration", self)
 
     @classmethod
     def load(cls, cfg_path: str | Path | None = None, options: Iterable[str] | None = None,

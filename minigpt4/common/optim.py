@@ -21,6 +21,7 @@ import math
 import torch
 
 from minigpt4.common.registry import registry
+from minigpt4.errors import ConfigError
 
 NO_DECAY_MARKERS = ("bias", "ln", "bn")
 
@@ -48,7 +49,7 @@ def build_optimizer(model: torch.nn.Module, run_cfg) -> torch.optim.Optimizer:
     """``run.optimizer``: ``adamw`` (default, betas (0.9, ``beta2``)) or ``sgd`` (``momentum``, default 0.9)."""
     groups = param_groups(model.named_parameters(), run_cfg.get("weight_decay", 0.05))
     if not any(g["params"] for g in groups):
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("the model has no trainable parameters")
     name = str(run_cfg.get("optimizer", "adamw")).lower()
     if name == "sgd":
         return torch.optim.SGD(groups, lr=float(run_cfg.init_lr), momentum=float(run_cfg.get("momentum", 0.9)))
@@ -96,7 +97,7 @@ class _Schedule:
                  warmup_steps: int = 0, warmup_start_lr: float = -1, decay_rate: float | None = None,
                  faithful: bool = False):
         if iters_per_epoch <= 0 or max_epoch <= 0:
-            raise ValueError("run.max_epoch and run.iters_per_epoch must be > 0")
+            raise ConfigError("run.max_epoch and run.iters_per_epoch must be > 0")
         self.optimizer = optimizer
         self.max_epoch, self.iters_per_epoch = int(max_epoch), int(iters_per_epoch)
         self.init_lr, self.min_lr = float(init_lr), float(min_lr)
@@ -146,12 +147,7 @@ class LinearWarmupStepLRScheduler(_Schedule):
 
 def build_lr_scheduler(optimizer, run_cfg):
     name = run_cfg.get("lr_sched", "linear_warmup_cosine_lr")
-    try:
-        cls = registry.get_lr_scheduler_class(name)
-    except KeyError as e:
-        from minigpt4.common.config import ConfigError
-
-        raise ConfigError(f"run.lr_sched: {e.args[0]}") from None
+    cls = registry.get_lr_scheduler_class(name, key="run.lr_sched")
     for key in ("init_lr", "min_lr", "max_epoch", "iters_per_epoch"):
         if run_cfg.get(key) is None:
             from minigpt4.common.config import ConfigError

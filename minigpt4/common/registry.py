@@ -10,6 +10,8 @@ import difflib
 import importlib
 from pathlib import Path
 
+from minigpt4.errors import ConfigError
+
 REGISTERING_MODULES = ("minigpt4.datasets", "minigpt4.models", "minigpt4.processors", "minigpt4.runners",
                        "minigpt4.tasks", "minigpt4.gpt4image.register")
 
@@ -24,16 +26,13 @@ KINDS = ("model", "builder", "processor", "task", "runner", "lr_scheduler")
 
 class Registry:
     mapping: dict[str, dict] = {f"{kind}_name_mapping": {} for kind in KINDS}
-    mapping["state"] = {}
     mapping["paths"] = {}
 
     # ------------------------------------------------------------------ registration
     @classmethod
-    def _register(cls, kind: str, name: str, base: type | None = None):
+    def _register(cls, kind: str, name: str):
         def wrap(obj):
             table = cls.mapping[f"{kind}_name_mapping"]
-            if base is not None and not (isinstance(obj, type) and issubclass(obj, base)):
-                raise TypeError(f"{kind} {name!r} must subclass {base.__name__}, got {obj!r}")
             if name in table and table[name] is not obj:
                 raise KeyError(f"{kind} name {name!r} already registered for {table[name]!r}")
             table[name] = obj
@@ -69,67 +68,47 @@ class Registry:
     def register_path(cls, name: str, path: str | Path):
         cls.mapping["paths"][name] = str(path)
 
-    @classmethod
-    def register(cls, name: str, obj):
-        """Store ``obj`` under a dotted name, e.g. ``register("configuration", cfg)``."""
-        node = cls.mapping["state"]
-        *parents, leaf = name.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = obj
-
     # ------------------------------------------------------------------ lookup
     @classmethod
-    def _get(cls, kind: str, name: str):
+    def _get(cls, kind: str, name: str, key: str | None = None):
+        """The class registered as ``name``; an unknown name is a :class:`ConfigError` naming the config
+        ``key`` it came from (e.g. ``run.task``), the closest known name or the known ones."""
         table = cls.mapping[f"{kind}_name_mapping"]
         if name not in table:
             register_all()
         if name not in table:
             close = difflib.get_close_matches(str(name), list(table), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known: {sorted(table)}"
-            raise KeyError(f"unknown {kind} {name!r}{hint}")
+            raise ConfigError(f"{key + ': ' if key else ''}unknown {kind} {name!r}{hint}")
         return table[name]
 
     @classmethod
-    def get_model_class(cls, name: str):
-        return cls._get("model", name)
+    def get_model_class(cls, name: str, key: str | None = None):
+        return cls._get("model", name, key)
 
     @classmethod
-    def get_builder_class(cls, name: str):
-        return cls._get("builder", name)
+    def get_builder_class(cls, name: str, key: str | None = None):
+        return cls._get("builder", name, key)
 
     @classmethod
-    def get_processor_class(cls, name: str):
-        return cls._get("processor", name)
+    def get_processor_class(cls, name: str, key: str | None = None):
+        return cls._get("processor", name, key)
 
     @classmethod
-    def get_task_class(cls, name: str):
-        return cls._get("task", name)
+    def get_task_class(cls, name: str, key: str | None = None):
+        return cls._get("task", name, key)
 
     @classmethod
-    def get_runner_class(cls, name: str):
-        return cls._get("runner", name)
+    def get_runner_class(cls, name: str, key: str | None = None):
+        return cls._get("runner", name, key)
 
     @classmethod
-    def get_lr_scheduler_class(cls, name: str):
-        return cls._get("lr_scheduler", name)
+    def get_lr_scheduler_class(cls, name: str, key: str | None = None):
+        return cls._get("lr_scheduler", name, key)
 
     @classmethod
     def get_path(cls, name: str) -> str:
         return cls.mapping["paths"][name]
-
-    @classmethod
-    def get(cls, name: str, default=None):
-        node = cls.mapping["state"]
-        for part in name.split("."):
-            if not isinstance(node, dict) or part not in node:
-                return default
-            node = node[part]
-        return node
-
-    @classmethod
-    def unregister(cls, name: str):
-        return cls.mapping["state"].pop(name, None)
 
     @classmethod
     def _list(cls, kind: str) -> list[str]:
@@ -165,5 +144,3 @@ registry = Registry()
 LIBRARY_ROOT = Path(__file__).resolve().parents[1]
 registry.register_path("library_root", LIBRARY_ROOT)
 registry.register_path("repo_root", LIBRARY_ROOT.parent)
-registry.register("MAX_INT", 2**31 - 1)
-registry.register("SPLIT_NAMES", ["train", "val", "test"])

@@ -18,7 +18,8 @@ import logging
 import sys
 
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg
-from minigpt4.curate.config import STAGES, CurateError
+from minigpt4.curate.config import STAGES
+from minigpt4.errors import user_errors
 
 log = logging.getLogger("minigpt4.curate")
 
@@ -51,13 +52,9 @@ def split_options(options: list[str]) -> tuple[list[str], list[str]]:
 
 def run(args) -> dict:
     from minigpt4 import curate
-    from minigpt4.common.config import ConfigError
     from minigpt4.common.dist import launcher_env
-    from minigpt4.common.tiny_world_paths import TinyWorldError
-    from minigpt4.inference import UsageError
-    from minigpt4.models.checkpoint import CheckpointError
 
-    try:
+    with user_errors("minigpt4.curate"):
         curate_opts, model_opts = split_options(args.options)
         cfg = curate.load_config(args.config, curate_opts, images=args.images, work_dir=args.work_dir,
                                  num_images=args.num_images, seed=args.seed, fixer=args.fixer,
@@ -72,9 +69,6 @@ def run(args) -> dict:
             rank, world_size, model_args["device"] = info.rank, info.world_size, str(info.device)
         return curate.run(cfg, stages=args.stages, model_args=model_args, retry_failed=args.retry_failed,
                           force=args.force, rank=rank, world_size=world_size)
-    except (CurateError, UsageError, ConfigError, CheckpointError, TinyWorldError, FileNotFoundError) as exc:
-        print(f"minigpt4.curate: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
 
 
 def main(argv=None) -> int:

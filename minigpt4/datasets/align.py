@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope
+from minigpt4.errors import InvalidFile, MissingFile
 from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, UnreadableImage, open_image
 
 log = logging.getLogger(__name__)
@@ -33,22 +34,22 @@ def _find_image(image_dir: Path, image_id) -> Path | None:
 def read_annotations(storage: Path, dataset: str = "cc_sbu_align") -> list[dict]:
     key = f"datasets.{dataset}.build_info.storage"
     if not storage.is_dir():
-        raise FileNotFoundError(f"{key}: {str(storage)!r} is not a directory; it must hold filter_cap.json "
+        raise MissingFile(f"{key}: {str(storage)!r} is not a directory; it must hold filter_cap.json "
                                 f"and image/ (see dataset/README_2_STAGE.md)")
     ann_path = storage / "filter_cap.json"
     if not ann_path.is_file():
-        raise FileNotFoundError(f"{key}: {str(ann_path)!r} does not exist (dataset {dataset!r}; "
+        raise MissingFile(f"{key}: {str(ann_path)!r} does not exist (dataset {dataset!r}; "
                                 f"see dataset/README_2_STAGE.md)")
     try:
         data = json.loads(ann_path.read_text(encoding="utf-8"))
     except ValueError as exn:
-        raise ValueError(f"{ann_path}: not valid JSON ({exn})") from exn
+        raise InvalidFile(f"{ann_path}: not valid JSON ({exn})") from exn
     anns = data.get("annotations") if isinstance(data, dict) else None
     if not isinstance(anns, list):
-        raise ValueError(f"{ann_path}: expected {{\"annotations\": [{{\"image_id\", \"caption\"}}, ...]}}")
+        raise InvalidFile(f"{ann_path}: expected {{\"annotations\": [{{\"image_id\", \"caption\"}}, ...]}}")
     for i, ann in enumerate(anns):
         if not isinstance(ann, dict) or "image_id" not in ann or not isinstance(ann.get("caption"), str):
-            raise ValueError(f"{ann_path}: annotation #{i} needs an image_id and a caption string, got {ann!r}")
+            raise InvalidFile(f"{ann_path}: annotation #{i} needs an image_id and a caption string, got {ann!r}")
     return anns
 
 
@@ -81,7 +82,7 @@ class CCSBUAlignDataset(Dataset):
                         name, len(missing), len(missing) + len(anns), self.storage / "filter_cap.json",
                         image_dir, shown, ", ..." if len(missing) > _SHOW_IDS else "")
         if not anns:
-            raise FileNotFoundError(f"dataset {name!r}: no usable annotation in {self.storage} "
+            raise MissingFile(f"dataset {name!r}: no usable annotation in {self.storage} "
                                     f"(filter_cap.json entries need image/<image_id>.jpg)")
         running: dict = {}
         for ann in anns:

@@ -18,6 +18,7 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets.align import CCSBUAlignDataset
 from minigpt4.datasets.storage import expand_storage
 from minigpt4.datasets.webdata import WebImageTextDataset
+from minigpt4.errors import ConfigError
 from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS
 from minigpt4.processors import build_processor
 
@@ -40,7 +41,7 @@ class BaseDatasetBuilder:
         """(vis processor, text processor) from ``vis_processor.train`` / ``text_processor.train``."""
         vis_cfg = OmegaConf.select(self.config, "vis_processor.train")
         if vis_cfg is None:
-            raise ValueError(f"{self._key('vis_processor.train')} is required, e.g. "
+            raise ConfigError(f"{self._key('vis_processor.train')} is required, e.g. "
                              f"{{name: blip2_image_train, image_size: 224}}")
         text_cfg = OmegaConf.select(self.config, "text_processor.train")
         return build_processor(vis_cfg), build_processor(text_cfg)
@@ -48,13 +49,13 @@ class BaseDatasetBuilder:
     def storage(self):
         storage = OmegaConf.select(self.config, "build_info.storage")
         if storage is None:
-            raise ValueError(f"{self._key('build_info.storage')} is not set")
+            raise ConfigError(f"{self._key('build_info.storage')} is not set")
         return OmegaConf.to_object(storage) if OmegaConf.is_config(storage) else storage
 
     def max_image_pixels(self) -> int | None:
         value = self.config.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
         if value is not None and value < 1:
-            raise ValueError(f"{self._key('max_image_pixels')} must be >= 1 (or null for no limit), got {value}")
+            raise ConfigError(f"{self._key('max_image_pixels')} must be >= 1 (or null for no limit), got {value}")
         return value
 
     def _annotate(self, dataset):
@@ -76,7 +77,7 @@ class WebImageTextBuilder(BaseDatasetBuilder):
         vis, text = self.build_processors()
         shuffle_buffer = self.config.get("shuffle_buffer", 1000)
         if shuffle_buffer < 0:
-            raise ValueError(f"{self._key('shuffle_buffer')} must be >= 0, got {shuffle_buffer}")
+            raise ConfigError(f"{self._key('shuffle_buffer')} must be >= 0, got {shuffle_buffer}")
         return WebImageTextDataset(expand_storage(self.name, self.storage()), vis, text, name=self.name,
                                    resampled=self.config.get("resampled", True), shuffle_buffer=shuffle_buffer,
                                    max_image_pixels=self.max_image_pixels())
@@ -103,6 +104,6 @@ class CCSBUAlignBuilder(BaseDatasetBuilder):
         vis, text = self.build_processors()
         storage = self.storage()
         if not isinstance(storage, str):
-            raise ValueError(f"{self._key('build_info.storage')} must be one folder, got {storage!r}")
+            raise ConfigError(f"{self._key('build_info.storage')} must be one folder, got {storage!r}")
         return CCSBUAlignDataset(resolve_path(storage), vis, text, name=self.name,
                                  max_image_pixels=self.max_image_pixels())

@@ -22,6 +22,7 @@ import numpy as np
 from minigpt4.datasets import skips
 from minigpt4.datasets.sources import MapSource, WebSource
 from minigpt4.datasets.webdata import WebImageTextDataset
+from minigpt4.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class TrainLoader:
             self.sources.append(source)
             ratio = float(getattr(ds, "sample_ratio", 1) or 0)
             if ratio <= 0:
-                raise ValueError(f"datasets.{name}.sample_ratio must be > 0, got {ratio}")
+                raise ConfigError(f"datasets.{name}.sample_ratio must be > 0, got {ratio}")
             ratios.append(ratio)
             skips.merge_counts(self._skips, getattr(ds, "build_skips", None))
         self.ratios = ratios
@@ -98,10 +99,10 @@ class TrainLoader:
     def load_state_dict(self, state: dict) -> None:
         for key in ("seed", "rank", "world_size"):
             if state.get(key) != getattr(self, key):
-                raise ValueError(f"data state was saved with {key}={state.get(key)}, this loader has "
+                raise ConfigError(f"data state was saved with {key}={state.get(key)}, this loader has "
                                  f"{key}={getattr(self, key)}; the batch stream cannot continue exactly")
         if sorted(state["sources"]) != sorted(self.names):
-            raise ValueError(f"data state holds datasets {sorted(state['sources'])}, config has {sorted(self.names)}")
+            raise ConfigError(f"data state holds datasets {sorted(state['sources'])}, config has {sorted(self.names)}")
         for name, src in zip(self.names, self.sources):
             src.load_state_dict(state["sources"][name])
         self.step = int(state["step"])

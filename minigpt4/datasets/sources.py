@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, defa
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope, mix_seed
 from minigpt4.datasets.webdata import WebImageTextDataset
+from minigpt4.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ class WebSource:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "webdataset" or state["num_streams"] != self.num_streams:
-            raise ValueError(f"dataset {self.name!r}: data state was saved with "
+            raise ConfigError(f"dataset {self.name!r}: data state was saved with "
                              f"{state.get('num_streams')} streams (num_workers), this loader has "
                              f"{self.num_streams}; resume with the same num_workers")
         self.close()
@@ -255,7 +256,7 @@ class MapSource:
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.on_skips, self.pin_memory = on_skips, pin_memory
         if len(dataset) // world_size < batch_size:
-            raise ValueError(f"dataset {self.name!r} has {len(dataset)} samples, fewer than batch_size {batch_size} "
+            raise ConfigError(f"dataset {self.name!r} has {len(dataset)} samples, fewer than batch_size {batch_size} "
                              f"x world_size {world_size}: no full batch per rank")
         self.epoch, self.batch = 0, 0
         self._it = None
@@ -283,7 +284,7 @@ class MapSource:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "map":
-            raise ValueError(f"dataset {self.name!r}: data state is not a map-style position: {state}")
+            raise ConfigError(f"dataset {self.name!r}: data state is not a map-style position: {state}")
         self.close()
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
 

@@ -17,6 +17,7 @@ import re
 from webdataset.shardlists import expand_urls
 
 from minigpt4.common.config import resolve_path
+from minigpt4.errors import ConfigError, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,10 @@ def expand_storage(dataset: str, storage) -> list[str]:
     """Shard URLs for ``datasets.<dataset>.build_info.storage``."""
     key = f"datasets.{dataset}.build_info.storage"
     if storage is None:
-        raise ValueError(f"{key} is not set: point it at the dataset's .tar shards")
+        raise ConfigError(f"{key} is not set: point it at the dataset's .tar shards")
     patterns = [storage] if isinstance(storage, str) else [str(p) for p in storage]
     if not patterns:
-        raise ValueError(f"{key} is an empty list: point it at the dataset's .tar shards")
+        raise ConfigError(f"{key} is an empty list: point it at the dataset's .tar shards")
     urls: list[str] = []
     for pattern in patterns:
         pattern = os.path.expanduser(str(pattern))
@@ -59,7 +60,7 @@ def expand_storage(dataset: str, storage) -> list[str]:
             continue
         found, missing = _expand_local(pattern)
         if not found:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"{key}: {pattern!r} matches no file (dataset {dataset!r}); set it to your webdataset "
                 f"shards, e.g. --options {key}=/data/{dataset}/{{00000..00099}}.tar "
                 f"(see dataset/README_1_STAGE.md)")

@@ -35,6 +35,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope, mix_seed
+from minigpt4.errors import ConfigError
 from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, ImageTooLarge, UnreadableImage, open_image
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ class WebImageTextDataset(IterableDataset):
                  max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__()
         if not urls:
-            raise ValueError(f"dataset {name!r}: no shards")
+            raise ConfigError(f"dataset {name!r}: no shards")
         self.urls = list(urls)
         self.vis_processor = vis_processor
         self.text_processor = text_processor

@@ -28,6 +28,7 @@ from minigpt4.common import schema
 from minigpt4.common.config import resolve_path
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import BaseDatasetBuilder
+from minigpt4.errors import ConfigError
 from minigpt4.gpt4image.data import DescribedImageFolder, read_embeddings, read_list, scan_folder
 from minigpt4.processors import build_processor
 
@@ -56,14 +57,14 @@ class DescribedFolderBuilder(BaseDatasetBuilder):
     def _processor(self, split: str):
         cfg = OmegaConf.select(self.config, f"vis_processor.{split}")
         if cfg is None:
-            raise ValueError(f"{self._key(f'vis_processor.{split}')} is required, e.g. "
+            raise ConfigError(f"{self._key(f'vis_processor.{split}')} is required, e.g. "
                              f"{{name: classifier_image_{split}, image_size: 224}}")
         return build_processor(cfg)
 
     def build_datasets(self) -> dict:
         root, rows = self._rows("train")
         if root is None:
-            raise ValueError(f"{self._key('build_info.train')} is not set (a folder ROOT/<class>/<image>)")
+            raise ConfigError(f"{self._key('build_info.train')} is not set (a folder ROOT/<class>/<image>)")
         classes = sorted({c for _, c in rows})
         embeddings, meta = None, {}
         if self._info("embeddings"):

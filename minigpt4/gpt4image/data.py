@@ -21,6 +21,7 @@ from PIL import Image
 
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope
+from minigpt4.errors import ConfigError, MissingFile
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ def scan_folder(root: Path, what: str) -> list[tuple[str, str]]:
     from minigpt4.image_lists import class_folder_items
 
     if not Path(root).is_dir():
-        raise FileNotFoundError(f"{what}: {root} is not a folder (expected ROOT/<class>/<image>)")
+        raise MissingFile(f"{what}: {root} is not a folder (expected ROOT/<class>/<image>)")
     try:
         items, _ = class_folder_items(Path(root))
     except ValueError as e:
-        raise ValueError(f"{what}: {e}") from None
+        raise ConfigError(f"{what}: {e}") from None
     return [(item.key, item.label) for item in items]
 
 
@@ -60,7 +61,7 @@ def read_embeddings(path: Path, what: str) -> tuple[list[str], torch.Tensor, dic
     try:
         return load_embeddings(path)
     except EmbeddingsError as e:
-        raise ValueError(f"{what}: {e}") from None
+        raise ConfigError(f"{what}: {e}") from None
 
 
 class DescribedImageFolder(torch.utils.data.Dataset):
@@ -74,13 +75,13 @@ class DescribedImageFolder(torch.utils.data.Dataset):
                  missing_description: str = "skip", shuffle_descriptions: bool = False, seed: int = 0,
                  name: str = "gpt4image_folder", what: str = "datasets.gpt4image_folder"):
         if missing_description not in MISSING_POLICIES:
-            raise ValueError(f"{what}.missing_description must be one of {list(MISSING_POLICIES)}, "
+            raise ConfigError(f"{what}.missing_description must be one of {list(MISSING_POLICIES)}, "
                              f"got {missing_description!r}")
         self.root, self.classes, self.transform, self.name = Path(root), list(classes), transform, name
         index = {c: i for i, c in enumerate(self.classes)}
         unknown = sorted({c for _, c in rows if c not in index})
         if unknown:
-            raise ValueError(f"{what}: classes {unknown[:5]} are not among the training classes {self.classes[:10]}")
+            raise ConfigError(f"{what}: classes {unknown[:5]} are not among the training classes {self.classes[:10]}")
         self.build_skips: dict[str, int] = {}
         self.text_dim = None
         targets = None
@@ -89,12 +90,12 @@ class DescribedImageFolder(torch.utils.data.Dataset):
             row_of = {k: i for i, k in enumerate(keys)}
             found = [k in row_of for k, _ in rows]
             if not any(found):
-                raise ValueError(f"{what}.build_info.embeddings: none of the {len(rows)} images has an embedding "
+                raise ConfigError(f"{what}.build_info.embeddings: none of the {len(rows)} images has an embedding "
                                  f"(the file is for other images: its first key is {keys[0]!r}, this split's first "
                                  f"image is {rows[0][0]!r})")
             missing = [k for (k, _), ok in zip(rows, found) if not ok]
             if missing and missing_description == "error":
-                raise ValueError(f"{what}: {len(missing)} image(s) have no description, e.g. {missing[0]!r} "
+                raise ConfigError(f"{what}: {len(missing)} image(s) have no description, e.g. {missing[0]!r} "
                                  f"(set {what}.missing_description: skip to train without them)")
             if missing:
                 log.warning("%s: %d image(s) without a description are skipped, e.g. %s", name, len(missing),

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from minigpt4.errors import UserError
+from minigpt4.errors import UserError, run_cli
 
 log = logging.getLogger("minigpt4.gpt4image.embed")
 PROG = "python -m minigpt4.gpt4image.embed"
@@ -126,15 +126,12 @@ def run(args) -> dict:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from minigpt4.gpt4image.embeddings import EmbeddingsError
-    from minigpt4.gpt4image.text_encoder import EncoderError
-
     args = parse_args(argv)
-    try:
-        stats = run(args)
-    except (DescriptionsError, EncoderError, EmbeddingsError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(PROG, report, args)
+
+
+def report(args) -> int:
+    stats = run(args)
     print(f"embedded {stats['embedded']} description(s), {stats['dim']}-d, skipped {stats['skipped_errors']} error "
           f"row(s) and {stats['skipped_empty']} empty -> {args.out}")
     return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from minigpt4.models.checkpoint import CheckpointError
+from minigpt4.errors import run_cli
 
 
 def main(argv=None) -> int:
@@ -17,13 +17,7 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="checkpoint_*.safetensors written by train.py")
     p.add_argument("--out", required=True, help="output .safetensors")
     args = p.parse_args(argv)
-    try:
-        out = export_classifier(args.checkpoint, args.out)
-    except (CheckpointError, FileNotFoundError, KeyError) as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+    return run_cli(p.prog, lambda: print(export_classifier(args.checkpoint, args.out)) or 0)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from torch import nn
 
+from minigpt4.errors import ConfigError
+
 HEAD_TYPES = ("auto", "bn", "mlp", "linear")
 
 
 def resolve_head_type(head_type: str, backbone: nn.Module) -> str:
     if head_type not in HEAD_TYPES:
-        raise ValueError(f"model.head_type must be one of {list(HEAD_TYPES)}, got {head_type!r}")
+        raise ConfigError(f"model.head_type must be one of {list(HEAD_TYPES)}, got {head_type!r}")
     if head_type != "auto":
         return head_type
     has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in backbone.modules())
@@ -44,5 +46,5 @@ def build_head(head_type: str, in_dim: int, out_dim: int) -> nn.Module:
         head = nn.Linear(in_dim, out_dim)
         _init(head, 0.02)
     else:
-        raise ValueError(f"model.head_type must be one of {list(HEAD_TYPES)}, got {head_type!r}")
+        raise ConfigError(f"model.head_type must be one of {list(HEAD_TYPES)}, got {head_type!r}")
     return head

@@ -17,6 +17,8 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
+from minigpt4.errors import ConfigError
+
 ALIGN_LOSSES = ("clip", "ctr", "byol")
 
 
@@ -67,7 +69,7 @@ def byol_loss(z: torch.Tensor, t: torch.Tensor, tau: float | None = None) -> tor
 def alignment_loss(kind: str, z: torch.Tensor, t: torch.Tensor, tau: float) -> torch.Tensor:
     fn = {"clip": clip_loss, "ctr": ctr_loss, "byol": byol_loss}.get(kind)
     if fn is None:
-        raise ValueError(f"model.align_loss must be one of {list(ALIGN_LOSSES)}, got {kind!r}")
+        raise ConfigError(f"model.align_loss must be one of {list(ALIGN_LOSSES)}, got {kind!r}")
     return fn(z.float(), t.float(), tau)
 
 

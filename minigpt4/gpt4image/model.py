@@ -21,6 +21,7 @@ from torch import nn
 
 from minigpt4.common import dist as D
 from minigpt4.common.registry import registry
+from minigpt4.errors import ConfigError
 from minigpt4.gpt4image import losses
 from minigpt4.gpt4image.heads import build_head, resolve_head_type
 from minigpt4.gpt4image.weights import CONFIG_KEYS, load_backbone_weights, load_full_state
@@ -40,16 +41,16 @@ class GPT4ImageClassifier(nn.Module):
 
         super().__init__()
         if align_loss not in losses.ALIGN_LOSSES:
-            raise ValueError(f"model.align_loss must be one of {list(losses.ALIGN_LOSSES)}, got {align_loss!r}")
+            raise ConfigError(f"model.align_loss must be one of {list(losses.ALIGN_LOSSES)}, got {align_loss!r}")
         if lam < 0 or tau <= 0:
-            raise ValueError(f"model.lambda must be >= 0 and model.tau > 0, got {lam} and {tau}")
+            raise ConfigError(f"model.lambda must be >= 0 and model.tau > 0, got {lam} and {tau}")
         self.backbone_name, self.backbone_kwargs = backbone_name, dict(backbone_kwargs or {})
         try:
             self.backbone = timm.create_model(backbone_name, pretrained=False, num_classes=num_classes,
                                               **self.backbone_kwargs)
         except RuntimeError as e:
             if "Unknown model" in str(e):
-                raise ValueError(f"model.backbone: {e}") from None
+                raise ConfigError(f"model.backbone: {e}") from None
             raise
         self.num_classes, self.class_names = int(num_classes), list(class_names or [])
         self.lam, self.align_kind, self.tau = float(lam), align_loss, float(tau)
@@ -58,7 +59,7 @@ class GPT4ImageClassifier(nn.Module):
         self.head = None
         if self.lam > 0:
             if not text_dim:
-                raise ValueError("model.lambda > 0 needs text embeddings: set datasets.<name>.build_info.embeddings")
+                raise ConfigError("model.lambda > 0 needs text embeddings: set datasets.<name>.build_info.embeddings")
             self.head = build_head(self.head_type, self.backbone.num_features, int(text_dim))
         self.mixup = mixup
         from timm.loss import SoftTargetCrossEntropy
@@ -74,10 +75,10 @@ class GPT4ImageClassifier(nn.Module):
         get = cfg.get
         for key, found in (("num_classes", num_classes), ("text_dim", text_dim)):
             if get(key) is not None and found is not None and int(get(key)) != int(found):
-                raise ValueError(f"model.{key} is {get(key)} but the data gives {found}")
+                raise ConfigError(f"model.{key} is {get(key)} but the data gives {found}")
         num_classes = num_classes or get("num_classes")
         if not num_classes:
-            raise ValueError("model.num_classes is not set and no training data gave it")
+            raise ConfigError("model.num_classes is not set and no training data gave it")
         text_dim = text_dim or get("text_dim")
         raw = get("backbone_kwargs") or {}
         kwargs = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else dict(raw)
@@ -103,7 +104,7 @@ class GPT4ImageClassifier(nn.Module):
         target = label
         if self.training and self.mixup is not None:
             if image.shape[0] % 2:
-                raise ValueError(f"mixup/cutmix needs an even batch, got {image.shape[0]} (run.batch_size_train)")
+                raise ConfigError(f"mixup/cutmix needs an even batch, got {image.shape[0]} (run.batch_size_train)")
             image, target = self.mixup(image, label)
         h, logits = self.features(image)
         ce = self.criterion(logits, target)
@@ -112,7 +113,7 @@ class GPT4ImageClassifier(nn.Module):
         if self.head is not None and self.training:
             t = samples.get("text_embedding")
             if t is None:
-                raise ValueError("model.lambda > 0 but the batch has no text embeddings "
+                raise ConfigError("model.lambda > 0 but the batch has no text embeddings "
                                  "(set datasets.<name>.build_info.embeddings)")
             align = losses.alignment_loss(self.align_kind, self.head(h), t, self.tau)
             out["align"] = align.detach()

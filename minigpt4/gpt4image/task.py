@@ -3,6 +3,7 @@ classifier built with the class count, class names and text dimension that the d
 from __future__ import annotations
 
 from minigpt4.common.registry import registry
+from minigpt4.errors import ConfigError
 from minigpt4.tasks.base_task import BaseTask
 
 
@@ -10,7 +11,7 @@ from minigpt4.tasks.base_task import BaseTask
 class ImageClassificationTask(BaseTask):
     def build_datasets(self, cfg) -> dict:
         if cfg.datasets_cfg is not None and len(cfg.datasets_cfg) > 1:
-            raise ValueError(f"datasets: image_classification trains on one dataset block, got "
+            raise ConfigError(f"datasets: image_classification trains on one dataset block, got "
                              f"{list(cfg.datasets_cfg)}")
         self.datasets = super().build_datasets(cfg)
         return self.datasets
@@ -20,6 +21,6 @@ class ImageClassificationTask(BaseTask):
         train = splits["train"]
         if device is None:
             device = cfg.run_cfg.get("device") if cfg.run_cfg is not None else None
-        return registry.get_model_class(cfg.model_cfg.arch).from_config(
+        return registry.get_model_class(cfg.model_cfg.arch, key="model.arch").from_config(
             cfg.model_cfg, device=device, num_classes=len(train.classes), text_dim=train.text_dim,
             class_names=train.classes)

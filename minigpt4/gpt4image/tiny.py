@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import logging
-import os
 import resource
 import statistics
 import subprocess
@@ -30,20 +28,16 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from minigpt4.errors import UserError
+from minigpt4.common.shipped import config_file
+from minigpt4.errors import UsageError, run_cli
 
 log = logging.getLogger("minigpt4.gpt4image.tiny")
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = {"cnn": REPO / "train_configs" / "gpt4image_tiny_cnn.yaml",
-           "vit": REPO / "train_configs" / "gpt4image_tiny_vit.yaml"}
+CONFIGS = {"cnn": config_file("train_configs/gpt4image_tiny_cnn.yaml"),
+           "vit": config_file("train_configs/gpt4image_tiny_vit.yaml")}
 VARIANTS = ("baseline", "aligned", "aligned_class", "shuffled")
 PROMPTS = {"plain": "Describe this image in detail.", "class": "Describe this {label} in detail."}
 WORLD_HINT = "build it with: python -m minigpt4.tiny_world --out {path} (about 11 minutes on 2 CPU cores)"
-
-
-class UsageError(UserError):
-    pass
 
 
 def world_files(world: Path) -> dict:
@@ -64,10 +58,10 @@ def world_files(world: Path) -> dict:
 
 
 def _run(cmd: list[str], what: str) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    from minigpt4.tiny_world.jobs import child_env
+
     log.info("%s: %s", what, " ".join(cmd))
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"{what} failed (exit {done.returncode}):\n" + "\n".join(tail))
@@ -79,7 +73,7 @@ def describe_and_embed(out: Path, world_options: dict, kind: str, batch_size: in
     jsonl, emb = out / "descriptions" / f"{kind}.jsonl", out / "descriptions" / f"{kind}.safetensors"
     jsonl.parent.mkdir(parents=True, exist_ok=True)
     options = [f"{k}={v}" for k, v in world_options.items()] + ["run.device=cpu"]
-    _run([sys.executable, "-m", "minigpt4.caption", "--cfg-path", str(REPO / "eval_configs" / "tiny_eval.yaml"),
+    _run([sys.executable, "-m", "minigpt4.caption", "--cfg-path", str(config_file("eval_configs/tiny_eval.yaml")),
           "--images", str(out / "data" / "train"), "--labels", "dirs", "--out", str(jsonl), "--prompt", PROMPTS[kind],
           "--batch-size", str(batch_size), "--max-new-tokens", "80", "--no-progress", "--options", *options],
          f"describe ({kind})")
@@ -89,29 +83,19 @@ def describe_and_embed(out: Path, world_options: dict, kind: str, batch_size: in
 
 
 # --------------------------------------------------------------------------- training (in worker processes)
-_TRAIN = None
-
-
-def _train_module():
-    global _TRAIN
-    if _TRAIN is None:
-        spec = importlib.util.spec_from_file_location("minigpt4_train_script", REPO / "train.py")
-        _TRAIN = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(_TRAIN)
-    return _TRAIN
-
-
 def train_one(job: dict) -> dict:
     """One training run through train.py's code (same process: no interpreter start per run), then the
     exported classifier scored on the test split."""
     import torch
+
+    from minigpt4.train import cli as train_cli
 
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     log_file = Path(job["run_dir"]).with_suffix(".log")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w") as f, contextlib.redirect_stderr(f):  # train.py's log of this run
-        code = _train_module().cli(["--cfg-path", str(job["config"]), "--options", *job["options"]])
+        code = train_cli(["--cfg-path", str(job["config"]), "--options", *job["options"]])
     logging.basicConfig(level=logging.WARNING, force=True)  # detach the handler from the closed log file
     if code != 0:
         raise RuntimeError(f"train.py exited with {code} for {job['name']}; see {log_file}")
@@ -275,11 +259,11 @@ def main(argv=None) -> int:
         from minigpt4.tiny_world.presets import PRESETS
 
         build_world(world, PRESETS["full"], nproc=2)
-    try:
-        report = run(args.out.resolve(), world, seeds=tuple(range(args.seeds)), jobs=args.jobs, variants=variants)
-    except UsageError as e:
-        print(f"{p.prog}: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(p.prog, summarize, args, world, variants)
+
+
+def summarize(args, world: Path, variants: tuple) -> int:
+    report = run(args.out.resolve(), world, seeds=tuple(range(args.seeds)), jobs=args.jobs, variants=variants)
     for key, s in report["summary"].items():
         print(f"{key:24s} top-1 {s['mean']:.3f} ± {s['std']:.3f} (n={s['n']})")
     print(f"{report['seconds']:.0f} s wall, {report['cpu_seconds']:.0f} s CPU; {args.out / 'report.html'}")

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from minigpt4.errors import MissingFile
 from minigpt4.models.checkpoint import CheckpointError, load_torch, read_trainable, require_file
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def export_classifier(checkpoint, out) -> Path:
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file (a checkpoint_*.safetensors of train.py)")
+        raise MissingFile(f"--checkpoint {checkpoint}: no such file (a checkpoint_*.safetensors of train.py)")
     state, meta = read_trainable(checkpoint)
     if meta.get("arch") != "gpt4image_classifier":
         raise CheckpointError(f"--checkpoint {checkpoint}: not a gpt4image_classifier checkpoint (its JSON sidecar "

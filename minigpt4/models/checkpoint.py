@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from minigpt4.errors import UserError
+from minigpt4.errors import MissingFile, UserError
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +41,10 @@ class CheckpointError(UserError, ValueError):
 
 def require_file(path, key: str, section: str = "model") -> Path:
     if path is None or str(path).strip() == "":
-        raise FileNotFoundError(f"{section}.{key} is not set; it must point at {WHERE_TO_GET.get(key, 'a file')}")
+        raise MissingFile(f"{section}.{key} is not set; it must point at {WHERE_TO_GET.get(key, 'a file')}")
     p = Path(os.path.expanduser(str(path)))
     if not p.exists():
-        raise FileNotFoundError(f"{section}.{key}: {p} does not exist; download {WHERE_TO_GET.get(key, 'it')} "
+        raise MissingFile(f"{section}.{key}: {p} does not exist; download {WHERE_TO_GET.get(key, 'it')} "
                                 f"and set {section}.{key} to its local path")
     return p
 

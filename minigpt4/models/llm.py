@@ -11,6 +11,7 @@ import logging
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from minigpt4.errors import ConfigError
 from minigpt4.models.checkpoint import require_file
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ def parse_dtype(name: str | torch.dtype | None, device: torch.device, default_cu
     if name is None or name == "auto":
         return default_cuda if device.type == "cuda" else torch.float32
     if name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
+        raise ConfigError(f"unknown dtype {name!r}; use one of {sorted(DTYPES)}")
     return DTYPES[name]
 
 
@@ -42,7 +43,7 @@ def quantization_config(low_resource: bool, load_in_4bit: bool, device: torch.de
     if not (low_resource or load_in_4bit):
         return None
     if device.type != "cuda":
-        raise ValueError("model.low_resource / model.load_in_4bit load the LLM through bitsandbytes and need a "
+        raise ConfigError("model.low_resource / model.load_in_4bit load the LLM through bitsandbytes and need a "
                          f"CUDA device (got {device}); set them to False on this machine")
     from transformers import BitsAndBytesConfig
 
@@ -66,7 +67,7 @@ def load_llm(path, *, device: torch.device, dtype: torch.dtype, low_resource: bo
         kwargs["device_map"] = device_map or {"": device_8bit if isinstance(device_8bit, str) else int(device_8bit)}
     elif device_map is not None:
         if device.type != "cuda":
-            raise ValueError(f"model.device_map={device_map!r} places the LLM across GPUs; no CUDA device here")
+            raise ConfigError(f"model.device_map={device_map!r} places the LLM across GPUs; no CUDA device here")
         kwargs["device_map"] = device_map
     model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
     if "device_map" not in kwargs:

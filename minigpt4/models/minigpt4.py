@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from minigpt4.common.registry import registry
+from minigpt4.errors import ConfigError
 from minigpt4.models import checkpoint as ckpt_io
 from minigpt4.models import prompting as P
 from minigpt4.models.feature_cache import FeatureCache
@@ -64,7 +65,7 @@ class MiniGPT4(nn.Module):
     def from_config(cls, cfg, device: str | torch.device | None = None) -> "MiniGPT4":
         get = cfg.get
         if get("lora_r", 0):
-            raise ValueError("model.lora_r > 0: LoRA is not supported; MiniGPT-4 trains only llama_proj")
+            raise ConfigError("model.lora_r > 0: LoRA is not supported; MiniGPT-4 trains only llama_proj")
         device = torch.device(device or get("device") or default_device())
         llm_dtype = parse_dtype(get("torch_dtype"), device)
         tokenizer = load_tokenizer(get("llama_model"), get("pad_token", "$$"))
@@ -85,7 +86,7 @@ class MiniGPT4(nn.Module):
             model.load_projection(ckpt_io.require_file(get("ckpt"), "ckpt"))
         if get("feature_cache_size", 0):
             if not model.vision_frozen:
-                raise ValueError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
+                raise ConfigError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
             model.feature_cache = FeatureCache(get("feature_cache_size"))
         vit_fp16 = get("vit_precision", "fp16") == "fp16" and get("freeze_vit", True) and device.type == "cuda"
         model.vision.to(device)

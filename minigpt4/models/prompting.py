@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from minigpt4.errors import InvalidFile
+
 IMAGE_PLACEHOLDER = "<ImageHere>"
 IMAGE_MARKER = -1
 IGNORE_INDEX = -100
@@ -28,7 +30,7 @@ def load_prompt_list(prompt_path: str | Path, prompt_template: str = "{}") -> li
     lines = Path(prompt_path).read_text(encoding="utf-8").splitlines()
     prompts = [prompt_template.format(line) for line in lines if IMAGE_PLACEHOLDER in line]
     if not prompts:
-        raise ValueError(f"{prompt_path}: no line contains {IMAGE_PLACEHOLDER}")
+        raise InvalidFile(f"{prompt_path}: no line contains {IMAGE_PLACEHOLDER}")
     return prompts
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
+from minigpt4.errors import ConfigError
+
 
 POSITIVE_KEYS = ("image_size", "max_words", "crop_pct", "min_scale", "max_scale")
 
@@ -26,5 +28,5 @@ def build_processor(cfg):
     for key in POSITIVE_KEYS:
         value = cfg.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-            raise ValueError(f"processor {cfg.get('name')!r}: {key} must be a number > 0, got {value!r}")
+            raise ConfigError(f"processor {cfg.get('name')!r}: {key} must be a number > 0, got {value!r}")
     return registry.get_processor_class(cfg.name).from_config(cfg)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from minigpt4.errors import MissingFile, UserError
 from minigpt4.models.checkpoint import CheckpointError, write_atomically
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ RESUME_FILE = "resume.pt"
 FORMAT_VERSION = 1
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(UserError, RuntimeError):
     """A checkpoint file could not be written; the message names it and says why."""
 
 
@@ -95,12 +96,12 @@ def find_resume(path: str | Path) -> Path:
     if p.is_file():
         return p
     if not p.exists():
-        raise FileNotFoundError(f"run.resume_ckpt_path: {p} does not exist")
+        raise MissingFile(f"run.resume_ckpt_path: {p} does not exist")
     if (p / RESUME_FILE).is_file():
         return p / RESUME_FILE
     found = sorted(p.glob(f"*/{RESUME_FILE}"), key=lambda f: f.stat().st_mtime)
     if not found:
-        raise FileNotFoundError(f"run.resume_ckpt_path: no {RESUME_FILE} in {p} or its job folders")
+        raise MissingFile(f"run.resume_ckpt_path: no {RESUME_FILE} in {p} or its job folders")
     return found[-1]
 
 
@@ -134,12 +135,12 @@ def load_resume(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not ours, or a foreign pickle: never unpickle arbitrary objects
-        raise ValueError(f"{path} is not a resume file written by this library ({type(e).__name__})") from None
+        raise CheckpointError(f"{path} is not a resume file written by this library ({type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{path} is not a resume file written by this library (format {FORMAT_VERSION})")
+        raise CheckpointError(f"{path} is not a resume file written by this library (format {FORMAT_VERSION})")
     weights = path.parent / state["weights"]
     if not weights.is_file():
-        raise FileNotFoundError(f"{path} refers to {weights.name}, which is missing from {path.parent}")
+        raise MissingFile(f"{path} refers to {weights.name}, which is missing from {path.parent}")
     state["path"] = path
     state["weights_path"] = weights
     check_weights(state)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from minigpt4 import inference
+from minigpt4.errors import user_errors
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,7 +95,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    with inference.cli_errors("minigpt4.serve"):
+    with user_errors("minigpt4.serve"):
         api_key = check_args(args)
         app, engine = build(args, api_key)
     import uvicorn

@@ -1,5 +1,6 @@
 """Tasks (``run.task``): ``image_text_pretrain``."""
 from minigpt4.common.registry import registry
+from minigpt4.errors import ConfigError
 from minigpt4.tasks.base_task import BaseTask, ImageTextPretrainTask
 
 
@@ -8,16 +9,8 @@ def setup_task(cfg):
     run = cfg.run_cfg
     name = run.get("task") if run is not None else None
     if not name:
-        from minigpt4.common.config import ConfigError
-
         raise ConfigError("run.task is required (e.g. image_text_pretrain)")
-    try:
-        task_cls = registry.get_task_class(name)
-    except KeyError as e:
-        from minigpt4.common.config import ConfigError
-
-        raise ConfigError(f"run.task: {e.args[0]}") from None
-    return task_cls.setup_task(cfg)
+    return registry.get_task_class(name, key="run.task").setup_task(cfg)
 
 
 __all__ = ["BaseTask", "ImageTextPretrainTask", "setup_task"]

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from minigpt4.common.registry import registry
+from minigpt4.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +24,18 @@ class BaseTask:
         ``.name`` and ``.sample_ratio`` (default 1) from its block, as the original does."""
         datasets_cfg = cfg.datasets_cfg
         if not datasets_cfg or len(datasets_cfg) == 0:
-            raise ValueError("datasets: at least one dataset block is required for training")
+            raise ConfigError("datasets: at least one dataset block is required for training")
         out = {}
         for name in datasets_cfg:
             block = datasets_cfg[name]
-            builder = registry.get_builder_class(name)(block)
+            builder = registry.get_builder_class(name, key=f"datasets.{name}")(block)
             splits = builder.build_datasets()
             train = splits.get("train") if isinstance(splits, dict) else None
             if train is None:
-                raise ValueError(f"datasets.{name}: the builder produced no 'train' split")
+                raise ConfigError(f"datasets.{name}: the builder produced no 'train' split")
             ratio = block.get("sample_ratio", 1)
             if ratio is None or ratio <= 0:
-                raise ValueError(f"datasets.{name}.sample_ratio must be > 0, got {ratio!r}")
+                raise ConfigError(f"datasets.{name}.sample_ratio must be > 0, got {ratio!r}")
             train.name = name
             train.sample_ratio = ratio
             out[name] = splits
@@ -45,7 +46,7 @@ class BaseTask:
         model_cfg = cfg.model_cfg
         if device is None:
             device = cfg.run_cfg.get("device") if cfg.run_cfg is not None else None
-        return registry.get_model_class(model_cfg.arch).from_config(model_cfg, device=device)
+        return registry.get_model_class(model_cfg.arch, key="model.arch").from_config(model_cfg, device=device)
 
 
 @registry.register_task("image_text_pretrain")

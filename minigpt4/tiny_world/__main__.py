@@ -20,6 +20,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from minigpt4.errors import UsageError, run_cli
+
 PRESET_NAMES = ("full", "test")  # minigpt4.tiny_world.presets.PRESETS (kept here so --help imports nothing heavy)
 
 
@@ -36,10 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    return run_cli("minigpt4.tiny_world", build, parse_args(argv))
+
+
+def build(args) -> int:
     if args.nproc < 1:
-        print("error: --nproc must be at least 1", file=sys.stderr)
-        return 2
+        raise UsageError(f"--nproc must be at least 1, got {args.nproc}")
     import logging
     import signal
 

@@ -1,9 +1,8 @@
-"""The tiny world end to end: data -> frozen backbones -> stage 1 -> stage 2 (both through ``train.py``
-under ``torchrun``) -> evaluation of the control (projection at initialisation), stage 1 and stage 2."""
+"""The tiny world end to end: data -> frozen backbones -> stage 1 -> stage 2 (both through ``train.py``,
+i.e. ``minigpt4.train``, under ``torchrun``) -> evaluation of the control (projection at initialisation), stage 1 and stage 2."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
@@ -14,12 +13,13 @@ from pathlib import Path
 
 import torch
 
+from minigpt4.common.shipped import config_file
 from minigpt4.tiny_world.backbones import build_backbones, folder
+from minigpt4.tiny_world.jobs import child_env
 from minigpt4.tiny_world.write import write_world
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = {"stage1": REPO / "train_configs" / "tiny_stage1.yaml", "stage2": REPO / "train_configs" / "tiny_stage2.yaml",
-           "eval": REPO / "eval_configs" / "tiny_eval.yaml"}
+CONFIGS = {"stage1": config_file("train_configs/tiny_stage1.yaml"),
+           "stage2": config_file("train_configs/tiny_stage2.yaml"), "eval": config_file("eval_configs/tiny_eval.yaml")}
 JOB = "tiny"
 METRICS = ("attribute_accuracy", "malformed_rate", "description_accuracy")
 
@@ -55,14 +55,10 @@ def train_stage(out: Path, preset, stage: str, nproc: int, ckpt: Path | None = N
     else:
         options["datasets.cc_sbu_align.build_info.storage"] = str(Path(out) / "data" / "cc_sbu_align")
         options["model.ckpt"] = str(ckpt)
-    train_py = REPO / "train.py"
-    if not train_py.exists():
-        raise FileNotFoundError(f"{train_py} not found: the tiny world runs train.py from a source checkout")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-port",
-           str(free_port()), str(train_py), "--cfg-path", str(CONFIGS[stage]),
+           str(free_port()), "--module", "minigpt4.train", "--cfg-path", str(CONFIGS[stage]),
            "--options", *[f"{k}={v}" for k, v in options.items()]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run(cmd, env=env, cwd=str(REPO))
+    result = subprocess.run(cmd, env=child_env())
     if result.returncode != 0:
         raise RuntimeError(f"{stage}: train.py exited with {result.returncode}")
     return latest_checkpoint(run_dir / JOB)
@@ -106,7 +102,7 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
     from minigpt4.tiny_world.evaluate import write_html
 
     t0 = time.perf_counter()
-    out = Path(out)
+    out = Path(out).resolve()  # child processes get absolute paths
     out.mkdir(parents=True, exist_ok=True)
     timings = {}
     log(f"[tiny world] data -> {out / 'data'}")
