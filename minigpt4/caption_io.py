@@ -88,7 +88,7 @@ def shard_urls(pattern: str) -> list[str]:
     missing = [u for u in urls if "://" not in u and not Path(u).exists()]
     if missing:
         raise MissingFile(f"--images {pattern}: not a folder, and {len(missing)} shard(s) do not exist, "
-                                f"e.g. {missing[0]}")
+                          f"e.g. {missing[0]}")
     return urls
 
 

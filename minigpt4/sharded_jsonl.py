@@ -58,7 +58,7 @@ def _rows(path: Path, truncate: bool = False):
                     hash(key)
                 except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
                     raise InvalidFile(f"{path}:{number}: not a JSONL row with a \"key\" ({type(exc).__name__}: "
-                                     f"{exc}); use another output file or fix this one") from exc
+                                      f"{exc}); use another output file or fix this one") from exc
                 rows.append((key, start, end))
             start = end
     if truncate and start != path.stat().st_size:

@@ -10,7 +10,6 @@ tried on a laptop); under a multi-process launch each rank takes ``cuda:<LOCAL_R
 from __future__ import annotations
 
 import datetime
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -99,22 +98,9 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_dist() else 1
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 def barrier() -> None:
     if is_dist():
         dist.barrier()
-
-
-def main_process(fn):
-    """Run ``fn`` on rank 0 only (returns None elsewhere)."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        return fn(*args, **kwargs) if is_main_process() else None
-
-    return wrapper
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -35,11 +35,11 @@ def read_annotations(storage: Path, dataset: str = "cc_sbu_align") -> list[dict]
     key = f"datasets.{dataset}.build_info.storage"
     if not storage.is_dir():
         raise MissingFile(f"{key}: {str(storage)!r} is not a directory; it must hold filter_cap.json "
-                                f"and image/ (see dataset/README_2_STAGE.md)")
+                          f"and image/ (see dataset/README_2_STAGE.md)")
     ann_path = storage / "filter_cap.json"
     if not ann_path.is_file():
         raise MissingFile(f"{key}: {str(ann_path)!r} does not exist (dataset {dataset!r}; "
-                                f"see dataset/README_2_STAGE.md)")
+                          f"see dataset/README_2_STAGE.md)")
     try:
         data = json.loads(ann_path.read_text(encoding="utf-8"))
     except ValueError as exn:
@@ -83,7 +83,7 @@ class CCSBUAlignDataset(Dataset):
                         image_dir, shown, ", ..." if len(missing) > _SHOW_IDS else "")
         if not anns:
             raise MissingFile(f"dataset {name!r}: no usable annotation in {self.storage} "
-                                    f"(filter_cap.json entries need image/<image_id>.jpg)")
+                              f"(filter_cap.json entries need image/<image_id>.jpg)")
         running: dict = {}
         for ann in anns:
             ann["running_id"] = running.setdefault(ann["image_id"], len(running))

@@ -42,7 +42,7 @@ class BaseDatasetBuilder:
         vis_cfg = OmegaConf.select(self.config, "vis_processor.train")
         if vis_cfg is None:
             raise ConfigError(f"{self._key('vis_processor.train')} is required, e.g. "
-                             f"{{name: blip2_image_train, image_size: 224}}")
+                              f"{{name: blip2_image_train, image_size: 224}}")
         text_cfg = OmegaConf.select(self.config, "text_processor.train")
         return build_processor(vis_cfg), build_processor(text_cfg)
 

@@ -100,7 +100,7 @@ class TrainLoader:
         for key in ("seed", "rank", "world_size"):
             if state.get(key) != getattr(self, key):
                 raise ConfigError(f"data state was saved with {key}={state.get(key)}, this loader has "
-                                 f"{key}={getattr(self, key)}; the batch stream cannot continue exactly")
+                                  f"{key}={getattr(self, key)}; the batch stream cannot continue exactly")
         if sorted(state["sources"]) != sorted(self.names):
             raise ConfigError(f"data state holds datasets {sorted(state['sources'])}, config has {sorted(self.names)}")
         for name, src in zip(self.names, self.sources):

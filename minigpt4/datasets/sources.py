@@ -85,6 +85,26 @@ def _shutdown(it) -> None:
             worker.join(timeout=5)
 
 
+class _Source:
+    """What both kinds of source share: their settings, and the DataLoader iterator they start and close."""
+
+    def __init__(self, dataset, *, name, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
+        self.name, self.dataset, self.batch_size, self.num_workers = name, dataset, batch_size, num_workers
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.on_skips, self.pin_memory = on_skips, pin_memory
+        self._it = None
+
+    def _open(self, dataset, **kwargs) -> None:
+        self._it = _start_loader(DataLoader(dataset, batch_size=None, num_workers=self.num_workers,
+                                            collate_fn=_identity, pin_memory=self.pin_memory,
+                                            generator=_private_generator(), worker_init_fn=_ignore_stop_signals,
+                                            **kwargs))
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        _shutdown(it)
+
+
 class _WebStream(IterableDataset):
     """Runs in each DataLoader worker: the worker's stream of one webdataset, batched into packets
     ``{"batch", "stream", "position", "skips", "end"}``. Worker ``p`` reads logical stream
@@ -120,18 +140,16 @@ class _WebStream(IterableDataset):
                "skips": counter.take(), "details": counter.take_details(), "end": True}
 
 
-class WebSource:
+class WebSource(_Source):
     """Main-process side of one webdataset: consumed positions per stream, epoch, round-robin."""
 
-    def __init__(self, dataset, *, name, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
-        self.name, self.dataset, self.batch_size, self.num_workers = name, dataset, batch_size, num_workers
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.on_skips, self.pin_memory = on_skips, pin_memory
+    def __init__(self, dataset, **settings):
+        super().__init__(dataset, **settings)
+        num_workers, world_size = self.num_workers, self.world_size
         self.num_streams = max(1, num_workers)
         if not dataset.resampled and len(dataset.urls) < world_size * self.num_streams:
             log.warning("dataset %r: %d shards for %d ranks x %d workers; some workers get no shard",
                         dataset.name, len(dataset.urls), world_size, self.num_streams)
-        self._it = None
         self._reset_epoch(0)
 
     def _reset_epoch(self, epoch: int) -> None:
@@ -144,9 +162,7 @@ class WebSource:
         stream = _WebStream(self.dataset, batch_size=self.batch_size, rank=self.rank, world_size=self.world_size,
                             num_streams=self.num_streams, epoch=self.epoch, seed=self.seed,
                             rotation=self.next_stream, positions=self.positions, finished=self.finished)
-        self._it = _start_loader(DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                                            collate_fn=_identity, pin_memory=self.pin_memory,
-                                            generator=_private_generator(), worker_init_fn=_ignore_stop_signals))
+        self._open(stream)
 
     def next_batch(self) -> dict:
         while True:
@@ -182,17 +198,13 @@ class WebSource:
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "webdataset" or state["num_streams"] != self.num_streams:
             raise ConfigError(f"dataset {self.name!r}: data state was saved with "
-                             f"{state.get('num_streams')} streams (num_workers), this loader has "
-                             f"{self.num_streams}; resume with the same num_workers")
+                              f"{state.get('num_streams')} streams (num_workers), this loader has "
+                              f"{self.num_streams}; resume with the same num_workers")
         self.close()
         self.epoch, self.next_stream = int(state["epoch"]), int(state["next_stream"])
         self.positions = [int(p) for p in state["positions"]]
         self.finished = set(int(s) for s in state["finished"])
         self.batches_this_epoch = int(state["batches_this_epoch"])
-
-    def close(self) -> None:
-        it, self._it = self._it, None
-        _shutdown(it)
 
 
 # ---------------------------------------------------------------------- map-style (cc_sbu_align)
@@ -250,24 +262,21 @@ class _MapBatches(Dataset):
                 "skips": counter.take(), "details": counter.take_details()}
 
 
-class MapSource:
-    def __init__(self, dataset, *, name, batch_size, num_workers, seed, rank, world_size, on_skips, pin_memory=False):
-        self.name, self.dataset, self.batch_size, self.num_workers = name, dataset, batch_size, num_workers
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self.on_skips, self.pin_memory = on_skips, pin_memory
+class MapSource(_Source):
+    """Main-process side of one map-style dataset: the epoch and the next batch of this rank's plan."""
+
+    def __init__(self, dataset, **settings):
+        super().__init__(dataset, **settings)
+        batch_size, world_size = self.batch_size, self.world_size
         if len(dataset) // world_size < batch_size:
             raise ConfigError(f"dataset {self.name!r} has {len(dataset)} samples, fewer than batch_size {batch_size} "
-                             f"x world_size {world_size}: no full batch per rank")
+                              f"x world_size {world_size}: no full batch per rank")
         self.epoch, self.batch = 0, 0
-        self._it = None
 
     def _start(self) -> None:
         plan = _BatchPlan(len(self.dataset), self.batch_size, self.rank, self.world_size, self.seed,
                           self.epoch, self.batch)
-        self._it = _start_loader(DataLoader(_MapBatches(self.dataset, self.name, self.seed), batch_size=None,
-                                            sampler=plan, num_workers=self.num_workers, collate_fn=_identity,
-                                            pin_memory=self.pin_memory, generator=_private_generator(),
-                                            worker_init_fn=_ignore_stop_signals))
+        self._open(_MapBatches(self.dataset, self.name, self.seed), sampler=plan)
 
     def next_batch(self) -> dict:
         while True:
@@ -287,7 +296,3 @@ class MapSource:
             raise ConfigError(f"dataset {self.name!r}: data state is not a map-style position: {state}")
         self.close()
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-
-    def close(self) -> None:
-        it, self._it = self._it, None
-        _shutdown(it)

@@ -58,7 +58,7 @@ class DescribedFolderBuilder(BaseDatasetBuilder):
         cfg = OmegaConf.select(self.config, f"vis_processor.{split}")
         if cfg is None:
             raise ConfigError(f"{self._key(f'vis_processor.{split}')} is required, e.g. "
-                             f"{{name: classifier_image_{split}, image_size: 224}}")
+                              f"{{name: classifier_image_{split}, image_size: 224}}")
         return build_processor(cfg)
 
     def build_datasets(self) -> dict:

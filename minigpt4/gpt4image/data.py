@@ -76,7 +76,7 @@ class DescribedImageFolder(torch.utils.data.Dataset):
                  name: str = "gpt4image_folder", what: str = "datasets.gpt4image_folder"):
         if missing_description not in MISSING_POLICIES:
             raise ConfigError(f"{what}.missing_description must be one of {list(MISSING_POLICIES)}, "
-                             f"got {missing_description!r}")
+                              f"got {missing_description!r}")
         self.root, self.classes, self.transform, self.name = Path(root), list(classes), transform, name
         index = {c: i for i, c in enumerate(self.classes)}
         unknown = sorted({c for _, c in rows if c not in index})
@@ -91,12 +91,12 @@ class DescribedImageFolder(torch.utils.data.Dataset):
             found = [k in row_of for k, _ in rows]
             if not any(found):
                 raise ConfigError(f"{what}.build_info.embeddings: none of the {len(rows)} images has an embedding "
-                                 f"(the file is for other images: its first key is {keys[0]!r}, this split's first "
-                                 f"image is {rows[0][0]!r})")
+                                  f"(the file is for other images: its first key is {keys[0]!r}, this split's first "
+                                  f"image is {rows[0][0]!r})")
             missing = [k for (k, _), ok in zip(rows, found) if not ok]
             if missing and missing_description == "error":
                 raise ConfigError(f"{what}: {len(missing)} image(s) have no description, e.g. {missing[0]!r} "
-                                 f"(set {what}.missing_description: skip to train without them)")
+                                  f"(set {what}.missing_description: skip to train without them)")
             if missing:
                 log.warning("%s: %d image(s) without a description are skipped, e.g. %s", name, len(missing),
                             missing[0])

@@ -114,7 +114,7 @@ class GPT4ImageClassifier(nn.Module):
             t = samples.get("text_embedding")
             if t is None:
                 raise ConfigError("model.lambda > 0 but the batch has no text embeddings "
-                                 "(set datasets.<name>.build_info.embeddings)")
+                                  "(set datasets.<name>.build_info.embeddings)")
             align = losses.alignment_loss(self.align_kind, self.head(h), t, self.tau)
             out["align"] = align.detach()
             if losses.is_global(self.align_kind) and D.get_world_size() > 1:

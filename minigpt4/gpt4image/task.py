@@ -12,7 +12,7 @@ class ImageClassificationTask(BaseTask):
     def build_datasets(self, cfg) -> dict:
         if cfg.datasets_cfg is not None and len(cfg.datasets_cfg) > 1:
             raise ConfigError(f"datasets: image_classification trains on one dataset block, got "
-                             f"{list(cfg.datasets_cfg)}")
+                              f"{list(cfg.datasets_cfg)}")
         self.datasets = super().build_datasets(cfg)
         return self.datasets
 

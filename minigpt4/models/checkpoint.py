@@ -45,7 +45,7 @@ def require_file(path, key: str, section: str = "model") -> Path:
     p = Path(os.path.expanduser(str(path)))
     if not p.exists():
         raise MissingFile(f"{section}.{key}: {p} does not exist; download {WHERE_TO_GET.get(key, 'it')} "
-                                f"and set {section}.{key} to its local path")
+                          f"and set {section}.{key} to its local path")
     return p
 
 

@@ -44,7 +44,7 @@ def quantization_config(low_resource: bool, load_in_4bit: bool, device: torch.de
         return None
     if device.type != "cuda":
         raise ConfigError("model.low_resource / model.load_in_4bit load the LLM through bitsandbytes and need a "
-                         f"CUDA device (got {device}); set them to False on this machine")
+                          f"CUDA device (got {device}); set them to False on this machine")
     from transformers import BitsAndBytesConfig
 
     if load_in_4bit:

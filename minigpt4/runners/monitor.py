@@ -73,13 +73,11 @@ class Reporter:
         with open(self.out_dir / "log.txt", "a") as f:
             f.write(json.dumps(config, default=str) + "\n")
 
-    def step(self, global_step: int, loss: float, lr: float, extra: dict | None = None) -> None:
+    def step(self, global_step: int, loss: float, lr: float) -> None:
         self.history.append((global_step, loss, lr))
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, global_step)
             self.writer.add_scalar("train/lr", lr, global_step)
-            for key, value in (extra or {}).items():
-                self.writer.add_scalar(f"train/{key}", value, global_step)
 
     def epoch(self, stats: dict) -> None:
         with open(self.out_dir / "log.txt", "a") as f:

@@ -1,5 +1,6 @@
-"""The tiny world end to end: data -> frozen backbones -> stage 1 -> stage 2 (both through ``train.py``,
-i.e. ``minigpt4.train``, under ``torchrun``) -> evaluation of the control (projection at initialisation), stage 1 and stage 2."""
+"""The tiny world end to end: data -> frozen backbones -> stage 1 -> stage 2 (both through ``train.py``, i.e.
+``minigpt4.train``, under ``torchrun``) -> evaluation of the control (projection at initialisation), stage 1
+and stage 2."""
 from __future__ import annotations
 
 import json
