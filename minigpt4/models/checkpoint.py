@@ -12,7 +12,6 @@ import json
 import os
 from pathlib import Path
 
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from minigpt4.models.convert import (  # noqa: F401  (re-exported)
@@ -20,7 +19,8 @@ from minigpt4.models.convert import (  # noqa: F401  (re-exported)
     tower_to_blip2,
 )
 from minigpt4.models.weight_files import (  # noqa: F401  (re-exported)
-    WHERE_TO_GET, CheckpointError, is_hf_folder, load_into, load_torch, require_file,
+    WHERE_TO_GET, CheckpointError, check_finite, is_hf_folder, label, load_into, load_safetensors, load_torch,
+    read_json, require_file, tensor_dict,
 )
 
 __all__ = ["WHERE_TO_GET", "CheckpointError", "blip2_to_hf", "eva_vit_to_hf", "export_original", "hf_to_eva_vit",
@@ -28,20 +28,20 @@ __all__ = ["WHERE_TO_GET", "CheckpointError", "blip2_to_hf", "eva_vit_to_hf", "e
            "resize_pos_embed", "save_trainable", "tower_to_blip2", "write_atomically"]
 
 
-def read_trainable(path: Path) -> tuple[dict, dict]:
+def read_trainable(path: Path, what: str | None = None) -> tuple[dict, dict]:
     """Read a projection checkpoint: ours (safetensors [+ JSON sidecar]) or the original ``.pth``.
-    Returns (state, metadata). Original files may wrap the state in ``"model"`` and carry buffers."""
+    Returns (state, metadata). Original files may wrap the state in ``"model"`` and carry buffers.
+    An unreadable file or sidecar, or NaN/inf weights, is a :class:`CheckpointError` naming ``what`` and the file."""
+    path = Path(path)
+    name = label(path, what)
     if path.suffix == ".safetensors":
-        state = load_file(str(path))
+        state = load_safetensors(path, what)
         sidecar = path.with_suffix(".json")
-        meta = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-        return state, meta
-    raw = load_torch(path)
-    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-        raw = raw["model"]
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(raw).__name__}")
-    return raw, {}
+        meta = read_json(sidecar, name) if sidecar.is_file() else {}
+    else:
+        state, meta = tensor_dict(load_torch(path, what), name), {}
+    check_finite(state, name)
+    return state, meta
 
 
 def save_trainable(path: str | Path, state: dict, meta: dict) -> Path:

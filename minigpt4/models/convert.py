@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from minigpt4.models.weight_files import CheckpointError, load_torch
+from minigpt4.models.weight_files import CheckpointError, check_safetensors, label, load_torch, tensor_dict
 
 log = logging.getLogger(__name__)
 
@@ -124,13 +124,14 @@ def blip2_to_hf(state: dict, num_vit_layers: int) -> tuple[dict, Counter]:
 
 
 # --------------------------------------------------------------------------- BLIP-2 (Hugging Face folder)
-def read_hf_blip2_folder(folder: Path) -> dict:
+def read_hf_blip2_folder(folder: Path, what: str | None = None) -> dict:
     """Read only ``vision_model.*``, ``qformer.*`` and ``query_tokens`` from a HF BLIP-2 folder."""
     wanted = ("vision_model.", "qformer.", "query_tokens")
     files = sorted(folder.glob("*.safetensors"))
     state = {}
     if files:
         for file in files:
+            check_safetensors(file, f"{label(folder, what)}/{file.name}")
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
                     if key.startswith(wanted):
@@ -138,9 +139,10 @@ def read_hf_blip2_folder(folder: Path) -> dict:
     else:
         bins = sorted(folder.glob("pytorch_model*.bin"))
         if not bins:
-            raise CheckpointError(f"{folder} has neither *.safetensors nor pytorch_model*.bin weights")
+            raise CheckpointError(f"{label(folder, what)} has neither *.safetensors nor pytorch_model*.bin weights")
         for file in bins:
-            state.update({k: v for k, v in load_torch(file).items() if k.startswith(wanted)})
+            state.update({k: v for k, v in tensor_dict(load_torch(file, f"{label(folder, what)}/{file.name}"),
+                                                       file.name).items() if k.startswith(wanted)})
     # older exports keep q_bias/v_bias separately
     for key in [k for k in state if k.endswith("self_attn.q_bias")]:
         prefix = key[: -len("q_bias")]

@@ -107,7 +107,7 @@ class MiniGPT4(nn.Module):
     def load_projection(self, path) -> None:
         """Load trainable weights from our safetensors or an original ``pretrained_minigpt4*.pth``:
         every trainable key must be present with the right shape; buffers of the original are ignored."""
-        state, meta = ckpt_io.read_trainable(path)
+        state, meta = ckpt_io.read_trainable(path, "model.ckpt")
         wanted = self.trainable_state_dict()
         present = {k: v for k, v in state.items() if k in wanted}
         if not present:

@@ -142,7 +142,8 @@ def build_vision_tower(cfg) -> VisionTower:
     layers = vcfg.num_hidden_layers
     if get("vit_ckpt"):
         path = files.require_file(get("vit_ckpt"), "vit_ckpt")
-        state, ignored = convert.eva_vit_to_hf(files.load_torch(path), layers)
+        raw = files.tensor_dict(files.load_torch(path, "model.vit_ckpt"), f"model.vit_ckpt {path}", ())
+        state, ignored = convert.eva_vit_to_hf(raw, layers)
         num_pos = tower.vision_model.embeddings.position_embedding.shape[1]
         if "embeddings.position_embedding" in state:
             state["embeddings.position_embedding"] = convert.resize_pos_embed(
@@ -153,13 +154,20 @@ def build_vision_tower(cfg) -> VisionTower:
     if has_qformer:
         path = files.require_file(qsrc, "q_former_model")
         if hf_folder:
-            state, ignored = convert.read_hf_blip2_folder(path), None
+            state, ignored = convert.read_hf_blip2_folder(path, "model.q_former_model"), None
         else:
-            raw = files.load_torch(path)
-            raw = raw.get("model", raw) if isinstance(raw, dict) else raw
+            check_blip2_source(path)
+            raw = files.tensor_dict(files.load_torch(path, "model.q_former_model"), f"model.q_former_model {path}")
             state, ignored = convert.blip2_to_hf(raw, layers)
         required = ("qformer.", "query_tokens", "vision_model.post_layernorm.")
         if hf_folder or not get("vit_ckpt"):
             required += ("vision_model.",)
         files.load_into(tower, state, required, f"model.q_former_model {path}", ignored)
     return tower.eval()
+
+
+def check_blip2_source(path) -> None:
+    """``model.q_former_model`` is a BLIP-2 ``.pth`` file or a Hugging Face BLIP-2 folder (with config.json)."""
+    if path.is_dir() and not (path / "config.json").exists():
+        raise files.CheckpointError(f"model.q_former_model {path} is a folder without config.json; it must be "
+                                    f"{files.WHERE_TO_GET['q_former_model']}")
