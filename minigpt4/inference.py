@@ -116,10 +116,12 @@ def quiet_loading(verbose: bool = False) -> None:
 def load_model(args):
     """``(cfg, model, vis_processor, device)`` from ``--cfg-path``/``--options``/``--device``."""
     from minigpt4.models import MiniGPT4
+    from minigpt4.runners.preflight import check_model_files
 
     quiet_loading(getattr(args, "verbose", False))
     cfg = load_config(args)
     device = resolve_device(args.device, cfg)
+    check_model_files(cfg.model, frozen_parts=True)  # every weight file, before anything is loaded
     model = MiniGPT4.from_config(cfg.model, device=device)
     model.eval()
     return cfg, model, vis_processor_from_config(cfg), device

@@ -13,10 +13,11 @@ import logging
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from minigpt4.errors import MissingFile
-from minigpt4.models.checkpoint import CheckpointError, load_torch, read_trainable, require_file
+from minigpt4.models.checkpoint import (CheckpointError, load_safetensors, load_torch, read_trainable,
+                                       require_file)
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ def load_backbone_weights(backbone: torch.nn.Module, path) -> None:
     """Initialise ``backbone`` from a local file (safetensors or .pth/.bin state dict). The classifier layer is
     skipped when its shape differs (another class count); every other weight must be present and fit."""
     path = require_file(path, "backbone_ckpt")
-    state = load_file(str(path)) if path.suffix == ".safetensors" else _unwrap(load_torch(path))
+    what = "model.backbone_ckpt"
+    state = load_safetensors(path, what) if path.suffix == ".safetensors" else _unwrap(load_torch(path, what))
     if not isinstance(state, dict):
         raise CheckpointError(f"model.backbone_ckpt {path}: expected a state dict, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}

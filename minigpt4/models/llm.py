@@ -12,7 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from minigpt4.errors import ConfigError
-from minigpt4.models.checkpoint import require_file
+from minigpt4.models.weight_files import require_folder
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def parse_dtype(name: str | torch.dtype | None, device: torch.device, default_cu
 
 
 def load_tokenizer(path, pad_token: str = "$$"):
-    folder = require_file(path, "llama_model")
+    folder = require_folder(path, "llama_model")
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     if pad_token is not None:
         tokenizer.pad_token = pad_token
@@ -57,7 +57,7 @@ def load_llm(path, *, device: torch.device, dtype: torch.dtype, low_resource: bo
              device_8bit=0, load_in_4bit: bool = False, device_map=None, attn_implementation=None):
     """Load the causal LM frozen: no gradients, eval mode. Returns the model on ``device``
     (or placed by ``device_map``/bitsandbytes)."""
-    folder = require_file(path, "llama_model")
+    folder = require_folder(path, "llama_model")
     kwargs = {"dtype": dtype}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

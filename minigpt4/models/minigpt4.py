@@ -20,7 +20,7 @@ from minigpt4.models import checkpoint as ckpt_io
 from minigpt4.models import prompting as P
 from minigpt4.models.feature_cache import FeatureCache
 from minigpt4.models.llm import load_llm, load_tokenizer, parse_dtype
-from minigpt4.models.vision import VisionTower, qformer_config, vision_config
+from minigpt4.models.vision import VisionTower, build_vision_tower  # noqa: F401  (build_vision_tower re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class MiniGPT4(nn.Module):
     def load_projection(self, path) -> None:
         """Load trainable weights from our safetensors or an original ``pretrained_minigpt4*.pth``:
         every trainable key must be present with the right shape; buffers of the original are ignored."""
-        state, meta = ckpt_io.read_trainable(path)
+        state, meta = ckpt_io.read_trainable(path, "model.ckpt")
         wanted = self.trainable_state_dict()
         present = {k: v for k, v in state.items() if k in wanted}
         if not present:
@@ -286,57 +286,3 @@ class MiniGPT4(nn.Module):
         out = self.generate_ids(embeds, attention, stop_strings=stops, **gen_kwargs)
         return [self.decode(row, stops) for row in out]
 
-
-def build_vision_tower(cfg) -> VisionTower:
-    """Vision tower sized by ``vit_config``/``qformer_config`` (or a HF BLIP-2 folder's config) and loaded
-    from ``vit_ckpt`` / ``q_former_model``."""
-    get = cfg.get
-    has_qformer = get("has_qformer", True)
-    qsrc = get("q_former_model") if has_qformer else None
-    hf_folder = ckpt_io.is_hf_folder(qsrc)
-    vit_over, q_over, n_query = dict(get("vit_config") or {}), dict(get("qformer_config") or {}), None
-    if hf_folder:
-        from transformers import Blip2Config
-
-        hf_cfg = Blip2Config.from_pretrained(str(qsrc))
-        vit_over = {**hf_cfg.vision_config.to_diff_dict(), **vit_over}
-        q_over = {**hf_cfg.qformer_config.to_diff_dict(), **q_over}
-        n_query = hf_cfg.num_query_tokens
-        for d in (vit_over, q_over):
-            for k in ("model_type", "transformers_version", "_name_or_path", "architectures", "dtype",
-                      "torch_dtype", "encoder_hidden_size", "output_attentions"):
-                d.pop(k, None)
-    vcfg = vision_config(vit_over, image_size=get("image_size"))
-    qcfg = qformer_config(q_over, vcfg.hidden_size) if has_qformer else None
-    num_query = get("num_query_token") or n_query or 32
-    tower = VisionTower(vcfg, qcfg, num_query)
-    if get("drop_path_rate", 0):
-        log.warning("model.drop_path_rate=%s is ignored: the frozen tower runs without drop path",
-                    get("drop_path_rate"))
-    if get("use_grad_checkpoint", False) and not get("freeze_vit", True):
-        tower.vision_model.gradient_checkpointing_enable()
-
-    layers = vcfg.num_hidden_layers
-    if get("vit_ckpt"):
-        path = ckpt_io.require_file(get("vit_ckpt"), "vit_ckpt")
-        state, ignored = ckpt_io.eva_vit_to_hf(ckpt_io.load_torch(path), layers)
-        num_pos = tower.vision_model.embeddings.position_embedding.shape[1]
-        if "embeddings.position_embedding" in state:
-            state["embeddings.position_embedding"] = ckpt_io.resize_pos_embed(
-                state["embeddings.position_embedding"], num_pos)
-        ckpt_io.load_into(tower.vision_model, state, ("embeddings.", "encoder."), f"model.vit_ckpt {path}", ignored)
-    elif not hf_folder:
-        ckpt_io.require_file(None, "vit_ckpt")
-    if has_qformer:
-        path = ckpt_io.require_file(qsrc, "q_former_model")
-        if hf_folder:
-            state, ignored = ckpt_io.read_hf_blip2_folder(path), None
-        else:
-            raw = ckpt_io.load_torch(path)
-            raw = raw.get("model", raw) if isinstance(raw, dict) else raw
-            state, ignored = ckpt_io.blip2_to_hf(raw, layers)
-        required = ("qformer.", "query_tokens", "vision_model.post_layernorm.")
-        if hf_folder or not get("vit_ckpt"):
-            required += ("vision_model.",)
-        ckpt_io.load_into(tower, state, required, f"model.q_former_model {path}", ignored)
-    return tower.eval()

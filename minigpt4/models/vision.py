@@ -9,11 +9,17 @@ Without a Q-Former (the Llama-2 variant) the CLS token is dropped and every 4 co
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
+
+from minigpt4.models import convert
+from minigpt4.models import weight_files as files
+
+log = logging.getLogger(__name__)
 
 # EVA-ViT-g as BLIP-2 uses it: EVA-CLIP-g with its 40th block dropped, no final norm.
 EVA_VIT_G = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
@@ -102,3 +108,66 @@ class VisionTower(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.features_from_embeds(self.image_embeds(pixel_values))
+
+
+def build_vision_tower(cfg) -> VisionTower:
+    """Vision tower sized by ``vit_config``/``qformer_config`` (or a HF BLIP-2 folder's config) and loaded
+    from ``vit_ckpt`` / ``q_former_model``."""
+    get = cfg.get
+    has_qformer = get("has_qformer", True)
+    qsrc = get("q_former_model") if has_qformer else None
+    hf_folder = files.is_hf_folder(qsrc)
+    vit_over, q_over, n_query = dict(get("vit_config") or {}), dict(get("qformer_config") or {}), None
+    if hf_folder:
+        from transformers import Blip2Config
+
+        hf_cfg = Blip2Config.from_pretrained(str(qsrc))
+        vit_over = {**hf_cfg.vision_config.to_diff_dict(), **vit_over}
+        q_over = {**hf_cfg.qformer_config.to_diff_dict(), **q_over}
+        n_query = hf_cfg.num_query_tokens
+        for d in (vit_over, q_over):
+            for k in ("model_type", "transformers_version", "_name_or_path", "architectures", "dtype",
+                      "torch_dtype", "encoder_hidden_size", "output_attentions"):
+                d.pop(k, None)
+    vcfg = vision_config(vit_over, image_size=get("image_size"))
+    qcfg = qformer_config(q_over, vcfg.hidden_size) if has_qformer else None
+    num_query = get("num_query_token") or n_query or 32
+    tower = VisionTower(vcfg, qcfg, num_query)
+    if get("drop_path_rate", 0):
+        log.warning("model.drop_path_rate=%s is ignored: the frozen tower runs without drop path",
+                    get("drop_path_rate"))
+    if get("use_grad_checkpoint", False) and not get("freeze_vit", True):
+        tower.vision_model.gradient_checkpointing_enable()
+
+    layers = vcfg.num_hidden_layers
+    if get("vit_ckpt"):
+        path = files.require_file(get("vit_ckpt"), "vit_ckpt")
+        raw = files.tensor_dict(files.load_torch(path, "model.vit_ckpt"), f"model.vit_ckpt {path}", ())
+        state, ignored = convert.eva_vit_to_hf(raw, layers)
+        num_pos = tower.vision_model.embeddings.position_embedding.shape[1]
+        if "embeddings.position_embedding" in state:
+            state["embeddings.position_embedding"] = convert.resize_pos_embed(
+                state["embeddings.position_embedding"], num_pos)
+        files.load_into(tower.vision_model, state, ("embeddings.", "encoder."), f"model.vit_ckpt {path}", ignored)
+    elif not hf_folder:
+        files.require_file(None, "vit_ckpt")
+    if has_qformer:
+        path = files.require_file(qsrc, "q_former_model")
+        if hf_folder:
+            state, ignored = convert.read_hf_blip2_folder(path, "model.q_former_model"), None
+        else:
+            check_blip2_source(path)
+            raw = files.tensor_dict(files.load_torch(path, "model.q_former_model"), f"model.q_former_model {path}")
+            state, ignored = convert.blip2_to_hf(raw, layers)
+        required = ("qformer.", "query_tokens", "vision_model.post_layernorm.")
+        if hf_folder or not get("vit_ckpt"):
+            required += ("vision_model.",)
+        files.load_into(tower, state, required, f"model.q_former_model {path}", ignored)
+    return tower.eval()
+
+
+def check_blip2_source(path) -> None:
+    """``model.q_former_model`` is a BLIP-2 ``.pth`` file or a Hugging Face BLIP-2 folder (with config.json)."""
+    if path.is_dir() and not (path / "config.json").exists():
+        raise files.CheckpointError(f"model.q_former_model {path} is a folder without config.json; it must be "
+                                    f"{files.WHERE_TO_GET['q_former_model']}")

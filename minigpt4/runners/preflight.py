@@ -2,46 +2,83 @@
 one-line error in seconds instead of a traceback after minutes of loading."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
+from minigpt4.models import weight_files as files
+from minigpt4.models.checkpoint import read_trainable
+from minigpt4.models.hf_folder import check_blip2_folder, check_causal_lm_folder
+from minigpt4.models.weight_files import CheckpointError, require_file, require_folder
 
-from minigpt4.models.checkpoint import CheckpointError, load_torch, require_file
+MINIGPT4_ARCHS = ("minigpt4", "mini_gpt4")
 
 
-def projection_shape(path: Path) -> tuple[int, ...] | None:
-    """Shape of ``llama_proj.weight`` in a projection checkpoint (ours or the original .pth)."""
-    if path.suffix == ".safetensors":
-        with safe_open(str(path), framework="pt") as f:
-            return tuple(f.get_slice("llama_proj.weight").get_shape()) if "llama_proj.weight" in f.keys() else None
-    raw = load_torch(path)
-    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-        raw = raw["model"]
-    w = raw.get("llama_proj.weight") if isinstance(raw, dict) else None
-    return tuple(w.shape) if torch.is_tensor(w) else None
+def check_model_files(model_cfg, frozen_parts: bool | None = None) -> int | None:
+    """Every weight file the model section names is read as far as is cheap (configs, headers, pickles with
+    their tensor data mapped, not read) before anything is built: a missing, wrong-kind, empty, truncated,
+    foreign or refused file is a one-line :class:`CheckpointError` naming the key and the file, and
+    ``model.ckpt`` must hold finite weights that fit the LLM. ``frozen_parts`` (default: a MiniGPT-4 ``arch``)
+    includes the LLM folder, ``vit_ckpt`` and ``q_former_model``. Returns the LLM's hidden size when read."""
+    get = model_cfg.get
+    if frozen_parts is None:
+        frozen_parts = get("arch") in MINIGPT4_ARCHS
+    hidden = check_frozen_files(model_cfg) if frozen_parts else llm_hidden_size(get("llama_model"))
+    if get("ckpt"):
+        check_projection(require_file(get("ckpt"), "ckpt"), hidden)
+    return hidden
+
+
+def check_frozen_files(model_cfg) -> int | None:
+    get = model_cfg.get
+    folder = require_folder(get("llama_model"), "llama_model")
+    config = check_causal_lm_folder(folder, f"model.llama_model {folder}")
+    qsrc = get("q_former_model") if get("has_qformer", True) else None
+    blip2_folder = False
+    if qsrc:
+        path = require_file(qsrc, "q_former_model")
+        from minigpt4.models.vision import check_blip2_source
+
+        check_blip2_source(path)
+        blip2_folder = path.is_dir()
+        if blip2_folder:
+            check_blip2_folder(path, f"model.q_former_model {path}")
+        else:
+            _require_keys(path, "q_former_model", ("model",), ("Qformer.", "query_tokens"), "a BLIP-2 checkpoint")
+    if get("vit_ckpt"):
+        _require_keys(require_file(get("vit_ckpt"), "vit_ckpt"), "vit_ckpt", (), ("patch_embed.", "blocks."),
+                      "an EVA-ViT checkpoint (eva_vit_g.pth)")
+    elif not blip2_folder:
+        require_file(None, "vit_ckpt")
+    return _hidden_size(config)
+
+
+def _require_keys(path: Path, key: str, unwrap: tuple, prefixes: tuple, kind: str) -> None:
+    name = files.label(path, f"model.{key}")
+    state = files.tensor_dict(files.load_torch(path, f"model.{key}", mmap=True), name, unwrap)
+    if not any(str(k).startswith(prefixes) for k in state):
+        raise CheckpointError(f"{name}: no {' / '.join(p.rstrip('.') + '*' for p in prefixes)} weights; "
+                              f"not {kind} (it has {sorted(map(str, state))[:3]}...)")
+
+
+def _hidden_size(config: dict) -> int | None:
+    return (config.get("text_config") or config).get("hidden_size")
 
 
 def llm_hidden_size(llama_model) -> int | None:
-    cfg_file = Path(str(llama_model)) / "config.json"
-    if not cfg_file.is_file():
+    """``hidden_size`` from the LLM folder's config.json, when there is one to read."""
+    cfg_file = Path(str(llama_model)) / "config.json" if llama_model else None
+    if cfg_file is None or not cfg_file.is_file():
         return None
-    cfg = json.loads(cfg_file.read_text())
-    cfg = cfg.get("text_config", cfg)
-    return cfg.get("hidden_size")
+    return _hidden_size(files.read_json(cfg_file, f"model.llama_model {cfg_file.parent}"))
 
 
-def check_model_files(model_cfg) -> None:
-    """``model.ckpt`` must exist and fit the LLM's hidden size (when both can be read cheaply)."""
-    if not model_cfg.get("ckpt"):
-        return
-    path = require_file(model_cfg.get("ckpt"), "ckpt")
-    shape = projection_shape(path)
-    if shape is None:
+def check_projection(path: Path, hidden: int | None) -> None:
+    """``model.ckpt``: readable, finite, with a ``llama_proj.weight`` that fits an LLM of ``hidden`` size."""
+    state, _ = read_trainable(path, "model.ckpt")
+    weight = state.get("llama_proj.weight")
+    if weight is None:
         raise CheckpointError(f"model.ckpt {path}: no llama_proj.weight in the file; it is not a MiniGPT-4 "
                               "projection checkpoint")
-    hidden = llm_hidden_size(model_cfg.get("llama_model")) if model_cfg.get("llama_model") else None
+    shape = tuple(weight.shape)
     if hidden is not None and shape[0] != hidden:
         raise CheckpointError(f"model.ckpt {path}: llama_proj.weight is {list(shape)}, made for an LLM with hidden "
                               f"size {shape[0]}, but model.llama_model has hidden size {hidden}; use the "
