@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from minigpt4.common.fields import ConfigError, typed
 from minigpt4.common.registry import registry
+from minigpt4.common.sections import ModelConfig
 from minigpt4.models import checkpoint as ckpt_io
 from minigpt4.models import prompting as P
 from minigpt4.models.feature_cache import FeatureCache
@@ -62,32 +64,32 @@ class MiniGPT4(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg, device: str | torch.device | None = None) -> "MiniGPT4":
-        get = cfg.get
-        if get("lora_r", 0):
-            raise ValueError("model.lora_r > 0: LoRA is not supported; MiniGPT-4 trains only llama_proj")
-        device = torch.device(device or get("device") or default_device())
-        llm_dtype = parse_dtype(get("torch_dtype"), device)
-        tokenizer = load_tokenizer(get("llama_model"), get("pad_token", "$$"))
-        llm = load_llm(get("llama_model"), device=device, dtype=llm_dtype, low_resource=get("low_resource", False),
-                       device_8bit=get("device_8bit", 0), load_in_4bit=get("load_in_4bit", False),
-                       device_map=get("device_map"), attn_implementation=get("attn_implementation"))
+        cfg = typed(ModelConfig, cfg, "model")
+        if cfg.lora_r:
+            raise ConfigError("model.lora_r > 0: LoRA is not supported; MiniGPT-4 trains only llama_proj")
+        device = torch.device(device or cfg.device or default_device())
+        llm_dtype = parse_dtype(cfg.torch_dtype, device)
+        tokenizer = load_tokenizer(cfg.llama_model, cfg.pad_token)
+        llm = load_llm(cfg.llama_model, device=device, dtype=llm_dtype, low_resource=cfg.low_resource,
+                       device_8bit=cfg.device_8bit, load_in_4bit=cfg.load_in_4bit,
+                       device_map=cfg.device_map, attn_implementation=cfg.attn_implementation)
         vision = build_vision_tower(cfg)
         prompt_list = []
-        if get("prompt_path"):
+        if cfg.prompt_path:
             from minigpt4.common.config import resolve_path
 
-            prompt_list = P.load_prompt_list(resolve_path(get("prompt_path")), get("prompt_template", "{}"))
-            log.info("loaded %d training prompts from %s", len(prompt_list), get("prompt_path"))
-        model = cls(vision, llm, tokenizer, prompt_list=prompt_list, max_txt_len=get("max_txt_len", 32),
-                    end_sym=get("end_sym", "\n"), freeze_vit=get("freeze_vit", True),
-                    freeze_qformer=get("freeze_qformer", True))
-        if get("ckpt"):
-            model.load_projection(ckpt_io.require_file(get("ckpt"), "ckpt"))
-        if get("feature_cache_size", 0):
+            prompt_list = P.load_prompt_list(resolve_path(cfg.prompt_path), cfg.prompt_template or "{}")
+            log.info("loaded %d training prompts from %s", len(prompt_list), cfg.prompt_path)
+        model = cls(vision, llm, tokenizer, prompt_list=prompt_list, max_txt_len=cfg.max_txt_len,
+                    end_sym=cfg.end_sym, freeze_vit=cfg.freeze_vit,
+                    freeze_qformer=cfg.freeze_qformer)
+        if cfg.ckpt:
+            model.load_projection(ckpt_io.require_file(cfg.ckpt, "ckpt"))
+        if cfg.feature_cache_size:
             if not model.vision_frozen:
-                raise ValueError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
-            model.feature_cache = FeatureCache(get("feature_cache_size"))
-        vit_fp16 = get("vit_precision", "fp16") == "fp16" and get("freeze_vit", True) and device.type == "cuda"
+                raise ConfigError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
+            model.feature_cache = FeatureCache(cfg.feature_cache_size)
+        vit_fp16 = cfg.vit_precision == "fp16" and cfg.freeze_vit and device.type == "cuda"
         model.vision.to(device)
         if vit_fp16:
             model.vision.vision_model.half()
@@ -289,11 +291,11 @@ class MiniGPT4(nn.Module):
 def build_vision_tower(cfg) -> VisionTower:
     """Vision tower sized by ``vit_config``/``qformer_config`` (or a HF BLIP-2 folder's config) and loaded
     from ``vit_ckpt`` / ``q_former_model``."""
-    get = cfg.get
-    has_qformer = get("has_qformer", True)
-    qsrc = get("q_former_model") if has_qformer else None
+    cfg = typed(ModelConfig, cfg, "model")
+    has_qformer = cfg.has_qformer
+    qsrc = cfg.q_former_model if has_qformer else None
     hf_folder = ckpt_io.is_hf_folder(qsrc)
-    vit_over, q_over, n_query = dict(get("vit_config") or {}), dict(get("qformer_config") or {}), None
+    vit_over, q_over, n_query = dict(cfg.vit_config or {}), dict(cfg.qformer_config or {}), None
     if hf_folder:
         from transformers import Blip2Config
 
@@ -305,19 +307,19 @@ def build_vision_tower(cfg) -> VisionTower:
             for k in ("model_type", "transformers_version", "_name_or_path", "architectures", "dtype",
                       "torch_dtype", "encoder_hidden_size", "output_attentions"):
                 d.pop(k, None)
-    vcfg = vision_config(vit_over, image_size=get("image_size"))
+    vcfg = vision_config(vit_over, image_size=cfg.image_size)
     qcfg = qformer_config(q_over, vcfg.hidden_size) if has_qformer else None
-    num_query = get("num_query_token") or n_query or 32
+    num_query = cfg.num_query_token or n_query or 32
     tower = VisionTower(vcfg, qcfg, num_query)
-    if get("drop_path_rate", 0):
+    if cfg.drop_path_rate:
         log.warning("model.drop_path_rate=%s is ignored: the frozen tower runs without drop path",
-                    get("drop_path_rate"))
-    if get("use_grad_checkpoint", False) and not get("freeze_vit", True):
+                    cfg.drop_path_rate)
+    if cfg.use_grad_checkpoint and not cfg.freeze_vit:
         tower.vision_model.gradient_checkpointing_enable()
 
     layers = vcfg.num_hidden_layers
-    if get("vit_ckpt"):
-        path = ckpt_io.require_file(get("vit_ckpt"), "vit_ckpt")
+    if cfg.vit_ckpt:
+        path = ckpt_io.require_file(cfg.vit_ckpt, "vit_ckpt")
         state, ignored = ckpt_io.eva_vit_to_hf(ckpt_io.load_torch(path), layers)
         num_pos = tower.vision_model.embeddings.position_embedding.shape[1]
         if "embeddings.position_embedding" in state:
@@ -335,7 +337,7 @@ def build_vision_tower(cfg) -> VisionTower:
             raw = raw.get("model", raw) if isinstance(raw, dict) else raw
             state, ignored = ckpt_io.blip2_to_hf(raw, layers)
         required = ("qformer.", "query_tokens", "vision_model.post_layernorm.")
-        if hf_folder or not get("vit_ckpt"):
+        if hf_folder or not cfg.vit_ckpt:
             required += ("vision_model.",)
         ckpt_io.load_into(tower, state, required, f"model.q_former_model {path}", ignored)
     return tower.eval()
