@@ -160,8 +160,16 @@ def load_yaml(path) -> DictConfig:
     return cfg
 
 
+def _registered(kind: str, name, key: str):
+    """The registered class, or a one-line error naming the config key (with the registry's suggestion)."""
+    try:
+        return getattr(registry, f"get_{kind}_class")(name)
+    except KeyError as e:
+        raise ConfigError(f"{key}: {e.args[0] if e.args else name}") from None
+
+
 def model_default_config(arch: str, model_type: str | None) -> DictConfig:
-    model_cls = registry.get_model_class(arch)
+    model_cls = _registered("model", arch, "model.arch")
     if model_type is None:
         return OmegaConf.create()
     table = getattr(model_cls, "PRETRAINED_MODEL_CONFIG_DICT", {})
@@ -172,7 +180,7 @@ def model_default_config(arch: str, model_type: str | None) -> DictConfig:
 
 
 def dataset_default_config(name: str, dataset_cfg) -> DictConfig:
-    builder_cls = registry.get_builder_class(name)
+    builder_cls = _registered("builder", name, f"datasets.{name}")
     kind = (dataset_cfg or {}).get("type", "default")
     table = getattr(builder_cls, "DATASET_CONFIG_DICT", {})
     if kind not in table:
