@@ -154,6 +154,11 @@ def load_yaml(path) -> DictConfig:
         raise ConfigError(f"--cfg-path {path}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"--cfg-path {path}: not a text (YAML) file") from None
+    except OSError as e:  # omegaconf's "Invalid loaded object type: int" for a file that is one number
+        if "Invalid loaded object type" not in str(e):
+            raise
+        raise ConfigError(f"--cfg-path {path}: expected a mapping of sections (model, datasets, run), "
+                          f"got a {str(e).rsplit(' ', 1)[-1]}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"--cfg-path {path}: expected a mapping of sections (model, datasets, run), "
                           f"got a {type(cfg).__name__}")
