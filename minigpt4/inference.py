@@ -167,6 +167,8 @@ def vis_processor_from_config(cfg):
 def conversation_from_config(model_cfg, template: str = "auto"):
     """``auto``: the training template when the config has ``prompt_template`` (what a model trained here
     answers best to), else the original demo's template for ``model_type`` (Vicuna v0 by default)."""
+    from minigpt4.common.fields import typed
+    from minigpt4.common.sections import ModelConfig
     from minigpt4.conversation.conversation import CONV_DICT, CONV_VISION_Vicuna0, training_conversation
 
     if template not in TEMPLATES:
@@ -175,7 +177,7 @@ def conversation_from_config(model_cfg, template: str = "auto"):
     if template == "training" or (template == "auto" and prompt_template):
         if not prompt_template:
             raise UsageError("--template training needs model.prompt_template in the config")
-        return training_conversation(prompt_template, model_cfg.get("end_sym", "###"))
+        return training_conversation(prompt_template, typed(ModelConfig, model_cfg, "model").end_sym)
     if template == "llama2" or (template == "auto" and model_cfg.get("model_type") == "pretrain_llama2"):
         return CONV_DICT["pretrain_llama2"].copy()
     return CONV_VISION_Vicuna0.copy()

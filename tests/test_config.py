@@ -45,7 +45,7 @@ def test_both_arch_names_resolve():
 def test_options_model_type_switches_default_yaml(tmp_path):
     cfg = Config.load(write(tmp_path, BASE), options=["model.model_type=pretrain_llama2"])
     assert cfg.model_cfg.has_qformer is False
-    assert "num_query_token" not in cfg.model_cfg
+    assert cfg.model_cfg.num_query_token is None  # the Vicuna preset's 32 does not leak into the Llama-2 one
 
 
 def test_alternating_options():

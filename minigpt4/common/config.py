@@ -1,33 +1,54 @@
 """Layered YAML configs: model default -> dataset defaults -> user YAML -> ``--options`` overrides.
 
 Mirrors the original's ``Config(args)`` (``args.cfg_path``, ``args.options``) with two fixes:
-``--options model.model_type=X`` really selects X's default model YAML, and every key is checked
-against :mod:`minigpt4.common.schema` so a typo is a one-line error naming the key. A model class or dataset
-builder may declare its own keys (class attribute ``CONFIG_KEYS``); MiniGPT-4's are the default.
+``--options model.model_type=X`` really selects X's default model YAML, and every key down to the leaves is
+checked against its declaration (:mod:`minigpt4.common.sections`), so a typo, a wrong type, a quoted number or
+a value out of range is a one-line error naming the key. The result holds typed sections (every default filled
+in by its one owner). A model class or dataset builder may declare its own section (class attribute ``CONFIG``
+or ``CONFIG_KEYS``); MiniGPT-4's are the default.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import logging
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from minigpt4.errors import ConfigError
+from minigpt4.common import fields, schema, sections
 from minigpt4.common import registry as registry_module
-from minigpt4.common import schema
+from minigpt4.common.fields import suggest as _suggest
 from minigpt4.common import tiny_world_paths  # noqa: F401  (registers the ${tiny_world:...} resolver)
 from minigpt4.common.registry import registry
 from minigpt4.common.shipped import shipped_file
+from minigpt4.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
+KEY_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def _option_value(item: str, key: str, raw: str):
+    """The YAML value of ``raw``; text YAML cannot read (``@@@``, ``###``, ``a: b``) is kept as a string."""
+    import yaml
+
+    try:
+        parsed = OmegaConf.from_dotlist([f"{key}={raw}"])
+        value = OmegaConf.select(parsed, key)
+    except (yaml.YAMLError, ValueError):  # e.g. a ScannerError for "@@@": the user meant the text
+        return raw
+    if value is None and raw.strip() not in ("", "null", "~", "Null", "NULL"):
+        return raw  # YAML read the value as a comment (e.g. "###"): keep the text
+    return parsed
+
+
 def parse_options(options: Iterable[str] | None) -> DictConfig:
-    """``["a.b=1", "c=x"]`` or alternating ``["a.b", "1", "c", "x"]`` -> DictConfig."""
+    """``["a.b=1", "c=x"]`` or alternating ``["a.b", "1", "c", "x"]`` -> DictConfig. A key must be a dotted
+    name (``run.max_epoch``); a malformed item is an error naming it."""
     options = list(options or [])
     if not options:
         return OmegaConf.create()
@@ -36,15 +57,24 @@ def parse_options(options: Iterable[str] | None) -> DictConfig:
     elif not any("=" in opt for opt in options) and len(options) % 2 == 0:
         dotlist = [f"{k}={v}" for k, v in zip(options[::2], options[1::2])]
     else:
-        raise ConfigError(f"--options: expected 'key=value ...' or alternating 'key value ...', got {options}")
+        bad = next((o for o in options if "=" not in o), options[0])
+        raise ConfigError(f"--options {bad!r}: expected key=value (e.g. run.max_epoch=2), or only alternating "
+                          f"'key value' pairs")
     out = OmegaConf.create()
     for item in dotlist:
         key, raw = item.split("=", 1)
-        parsed = OmegaConf.from_dotlist([item])
-        if OmegaConf.select(parsed, key) is None and raw.strip() not in ("", "null", "~"):
-            parsed = OmegaConf.create({})  # YAML read the value as a comment (e.g. "###"): keep the text
-            OmegaConf.update(parsed, key, raw, force_add=True)
-        out = OmegaConf.merge(out, parsed)
+        key = key.strip()
+        if not KEY_TOKEN.match(key):
+            raise ConfigError(f"--options {item!r}: {key!r} is not a config key; expected a dotted name such as "
+                              f"model.end_sym or run.max_epoch")
+        if "." not in key:
+            raise ConfigError(f"--options {item!r}: name the section too, e.g. run.{key} or model.{key}")
+        value = _option_value(item, key, raw)
+        if not OmegaConf.is_config(value):
+            parsed = OmegaConf.create({})
+            OmegaConf.update(parsed, key, value, force_add=True)
+            value = parsed
+        out = OmegaConf.merge(out, value)
     return out
 
 
@@ -60,53 +90,56 @@ def resolve_path(path: str | Path) -> Path:
     return shipped_file(p) or p
 
 
-def _suggest(key: str, known: Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _check_mapping(section: str, cfg, known: dict[str, tuple], strict_unknown: bool = True) -> None:
-    if cfg is None:
-        return
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{section}: expected a mapping, got {type(cfg).__name__}")
-    for key in cfg.keys():
-        if key not in known:
-            if strict_unknown:
-                raise ConfigError(f"unknown key {section}.{key}{_suggest(str(key), known)}")
-            continue
-        value = OmegaConf.to_object(cfg[key]) if isinstance(cfg[key], (DictConfig, ListConfig)) else cfg[key]
-        types = known[key]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
-        if not ok:
-            names = "/".join("null" if t is type(None) else t.__name__ for t in types)
-            raise ConfigError(f"{section}.{key} must be {names}, got {value!r} ({type(value).__name__})")
-
-
-def _declared_keys(kind: str, name, default: dict[str, tuple]) -> dict[str, tuple]:
-    """The keys a registered model / builder declares (class attribute ``CONFIG_KEYS``), else ``default``.
-    An unknown name keeps ``default`` here; resolving it later gives the error that names it."""
+def section_of(kind: str, name, default):
+    """The section a registered model / builder declares (class attribute ``CONFIG``, a dataclass, or the
+    table ``CONFIG_KEYS``), else ``default``. An unknown name keeps ``default`` here; resolving it later
+    gives the error that names it."""
     try:
         cls = getattr(registry, f"get_{kind}_class")(name) if isinstance(name, str) else None
     except ConfigError:
         cls = None
-    return getattr(cls, "CONFIG_KEYS", None) or default
+    return getattr(cls, "CONFIG", None) or getattr(cls, "CONFIG_KEYS", None) or default
 
 
-def validate(cfg: DictConfig) -> None:
+def _check(section: str, cfg, declared, warn_compat: bool) -> None:
+    if isinstance(declared, dict):
+        fields.check_table(section, cfg, declared)
+    elif section.startswith("datasets."):
+        sections.check_dataset(section, cfg, declared, warn_compat=warn_compat)
+    else:
+        fields.check_section(section, cfg, declared, warn_compat=warn_compat)
+
+
+def validate(cfg: DictConfig, warn_compat: bool = False) -> None:
+    """Every section down to its leaves; ``warn_compat``: warn once for each accepted-but-unread key set."""
     for key in cfg.keys():
         if key not in schema.TOP_LEVEL:
             raise ConfigError(f"unknown top-level section {key!r}{_suggest(str(key), schema.TOP_LEVEL)}")
     model = cfg.get("model")
     arch = model.get("arch") if isinstance(model, DictConfig) else None
-    _check_mapping("model", model, _declared_keys("model", arch, schema.MODEL_KEYS))
-    _check_mapping("run", cfg.get("run"), schema.RUN_KEYS)
+    _check("model", model, section_of("model", arch, sections.ModelConfig), warn_compat)
+    _check("run", cfg.get("run"), sections.RunConfig, warn_compat)
+    preprocess = cfg.get("preprocess")
+    if preprocess is not None:
+        if not isinstance(preprocess, DictConfig):
+            raise ConfigError("preprocess: expected a mapping with vis_processor / text_processor")
+        for name in preprocess.keys():
+            if name not in ("vis_processor", "text_processor"):
+                raise ConfigError(f"unknown key preprocess.{name}"
+                                  f"{_suggest(str(name), ('vis_processor', 'text_processor'))}")
+            if preprocess[name] is not None:
+                sections.processor_entries(f"preprocess.{name}", fields.plain(preprocess[name]))
     datasets = cfg.get("datasets")
     if datasets is not None:
         if not isinstance(datasets, DictConfig):
             raise ConfigError("datasets: expected a mapping of dataset name -> settings")
         for name in datasets.keys():
-            _check_mapping(f"datasets.{name}", datasets[name], _declared_keys("builder", name, schema.DATASET_KEYS))
+            _check(f"datasets.{name}", datasets[name], section_of("builder", name, sections.DatasetConfig),
+                   warn_compat)
+
+
+def _typed(section: str, cfg, declared):
+    return fields.typed(declared, cfg, section) if not isinstance(declared, dict) else cfg
 
 
 def load_yaml(path) -> DictConfig:
@@ -126,6 +159,11 @@ def load_yaml(path) -> DictConfig:
         raise ConfigError(f"--cfg-path {path}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"--cfg-path {path}: not a text (YAML) file") from None
+    except OSError as e:  # omegaconf's "Invalid loaded object type: int" for a file that is one number
+        if "Invalid loaded object type" not in str(e):
+            raise
+        raise ConfigError(f"--cfg-path {path}: expected a mapping of sections (model, datasets, run), "
+                          f"got a {str(e).rsplit(' ', 1)[-1]}") from None
     if not isinstance(cfg, DictConfig):
         raise ConfigError(f"--cfg-path {path}: expected a mapping of sections (model, datasets, run), "
                           f"got a {type(cfg).__name__}")
@@ -173,7 +211,7 @@ class Config:
     @staticmethod
     def build(user: DictConfig, overrides: DictConfig) -> DictConfig:
         effective = OmegaConf.merge(user, overrides)
-        validate(effective)  # catch typos in the user's own keys before defaults hide them
+        validate(effective, warn_compat=True)  # the user's own keys, before defaults hide a typo
         parts = []
         if "run" in effective:
             parts.append(OmegaConf.create({"run": effective.run}))
@@ -191,7 +229,22 @@ class Config:
             parts.append(OmegaConf.merge(default, {"datasets": {name: dcfg}}))
         merged = OmegaConf.merge(*parts, overrides) if parts else overrides
         validate(merged)
-        return merged
+        return Config.typed(merged)
+
+    @staticmethod
+    def typed(merged: DictConfig) -> DictConfig:
+        """Each section as the typed node of its declaration, every default filled in."""
+        out = OmegaConf.create({"run": _typed("run", merged.get("run"), sections.RunConfig)})
+        if "preprocess" in merged:
+            out.preprocess = merged.preprocess
+        if "model" in merged:
+            out.model = _typed("model", merged.model, section_of("model", merged.model.get("arch"),
+                                                                 sections.ModelConfig))
+        if "datasets" in merged:
+            out.datasets = {name: _typed(f"datasets.{name}", block,
+                                         section_of("builder", name, sections.DatasetConfig))
+                            for name, block in merged.datasets.items()}
+        return out
 
     @property
     def run_cfg(self) -> DictConfig:

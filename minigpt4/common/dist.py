@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from minigpt4.common.fields import typed
+from minigpt4.common.sections import RunConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -61,7 +64,8 @@ def resolve_device(requested: str | None, local_rank: int = 0) -> torch.device:
 
 def init_distributed_mode(run_cfg) -> DistInfo:
     """Read the launcher environment, pick the device and (when world size > 1) join the process group."""
-    env = launcher_env() if run_cfg.get("distributed", False) else None
+    run_cfg = typed(RunConfig, run_cfg, "run")
+    env = launcher_env() if run_cfg.distributed else None
     if env is None:
         launched = launcher_env()
         if launched is not None and launched[1] > 1:
@@ -69,16 +73,16 @@ def init_distributed_mode(run_cfg) -> DistInfo:
 
             raise ConfigError(f"run.distributed is False but the launcher started {launched[1]} processes; set "
                               "run.distributed: True (or launch one process)")
-        return DistInfo(device=resolve_device(run_cfg.get("device")))
+        return DistInfo(device=resolve_device(run_cfg.device))
     rank, world_size, local_rank = env
-    device = resolve_device(run_cfg.get("device"), local_rank)
+    device = resolve_device(run_cfg.device, local_rank)
     if world_size == 1:
         return DistInfo(device=device)
-    backend = run_cfg.get("dist_backend") or ("nccl" if device.type == "cuda" else "gloo")
+    backend = run_cfg.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
     if "MASTER_ADDR" not in os.environ:  # SLURM without torchrun
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
-    dist.init_process_group(backend=backend, init_method=run_cfg.get("dist_url", "env://"),
+    dist.init_process_group(backend=backend, init_method=run_cfg.dist_url,
                             world_size=world_size, rank=rank, timeout=datetime.timedelta(minutes=60))
     dist.barrier()
     log.info("distributed: rank %d/%d (local %d) on %s, backend %s", rank, world_size, local_rank, device, backend)

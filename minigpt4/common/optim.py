@@ -20,7 +20,9 @@ import math
 
 import torch
 
+from minigpt4.common.fields import typed
 from minigpt4.common.registry import registry
+from minigpt4.common.sections import RunConfig
 from minigpt4.errors import ConfigError
 
 NO_DECAY_MARKERS = ("bias", "ln", "bn")
@@ -47,18 +49,19 @@ OPTIMIZERS = ("adamw", "sgd")
 
 def build_optimizer(model: torch.nn.Module, run_cfg) -> torch.optim.Optimizer:
     """``run.optimizer``: ``adamw`` (default, betas (0.9, ``beta2``)) or ``sgd`` (``momentum``, default 0.9)."""
-    groups = param_groups(model.named_parameters(), run_cfg.get("weight_decay", 0.05))
+    run_cfg = typed(RunConfig, run_cfg, "run")
+    groups = param_groups(model.named_parameters(), run_cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise ConfigError("the model has no trainable parameters")
-    name = str(run_cfg.get("optimizer", "adamw")).lower()
+    name = str(run_cfg.optimizer).lower()
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=float(run_cfg.init_lr), momentum=float(run_cfg.get("momentum", 0.9)))
+        return torch.optim.SGD(groups, lr=float(run_cfg.init_lr), momentum=float(run_cfg.momentum))
     if name != "adamw":
         from minigpt4.common.config import ConfigError
 
         raise ConfigError(f"run.optimizer must be one of {list(OPTIMIZERS)}, got {name!r}")
     return torch.optim.AdamW(groups, lr=float(run_cfg.init_lr),
-                             betas=(0.9, float(run_cfg.get("beta2", 0.999))))
+                             betas=(0.9, float(run_cfg.beta2)))
 
 
 # --------------------------------------------------------------------------- pure schedule functions
@@ -146,7 +149,8 @@ class LinearWarmupStepLRScheduler(_Schedule):
 
 
 def build_lr_scheduler(optimizer, run_cfg):
-    name = run_cfg.get("lr_sched", "linear_warmup_cosine_lr")
+    run_cfg = typed(RunConfig, run_cfg, "run")
+    name = run_cfg.lr_sched
     cls = registry.get_lr_scheduler_class(name, key="run.lr_sched")
     for key in ("init_lr", "min_lr", "max_epoch", "iters_per_epoch"):
         if run_cfg.get(key) is None:
@@ -154,6 +158,6 @@ def build_lr_scheduler(optimizer, run_cfg):
 
             raise ConfigError(f"run.{key} is required for run.lr_sched={name}")
     return cls(optimizer, max_epoch=run_cfg.max_epoch, iters_per_epoch=run_cfg.iters_per_epoch,
-               min_lr=run_cfg.min_lr, init_lr=run_cfg.init_lr, warmup_steps=run_cfg.get("warmup_steps", 0),
-               warmup_start_lr=run_cfg.get("warmup_lr", -1), decay_rate=run_cfg.get("lr_decay_rate"),
-               faithful=run_cfg.get("faithful_lr_schedule", False))
+               min_lr=run_cfg.min_lr, init_lr=run_cfg.init_lr, warmup_steps=run_cfg.warmup_steps,
+               warmup_start_lr=run_cfg.warmup_lr, decay_rate=run_cfg.lr_decay_rate,
+               faithful=run_cfg.faithful_lr_schedule)

@@ -1,20 +1,22 @@
 """Dataset builders: ``Builder(datasets.<name> config block).build_datasets() -> {"train": dataset}``.
 
 Registered names as in the original: ``laion`` and ``cc_sbu`` (webdataset shards, stage 1) and
-``cc_sbu_align`` (folder with filter_cap.json, stage 2). Keys read from the block (all declared in
-``minigpt4.common.schema.DATASET_KEYS``): ``build_info.storage``, ``vis_processor.train``,
-``text_processor.train``, ``resampled`` (default true), ``shuffle_buffer`` (default 1000),
-``sample_ratio`` (default 1), ``batch_size`` / ``num_workers`` (optional per-dataset overrides),
-``max_image_pixels`` (default ``minigpt4.images.DEFAULT_MAX_IMAGE_PIXELS``; null: Pillow's own limit only).
+``cc_sbu_align`` (folder with filter_cap.json, stage 2). Keys read from the block, with their types, defaults
+and ranges, are declared by ``minigpt4.common.sections.DatasetConfig`` (a builder declares its own as
+``CONFIG``): ``build_info.storage``, ``vis_processor.train``, ``text_processor.train``, ``resampled``,
+``shuffle_buffer``, ``sample_ratio``, ``batch_size`` / ``num_workers`` (optional per-dataset overrides),
+``max_image_pixels`` (null: Pillow's own limit only).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from minigpt4.common.config import resolve_path
+from minigpt4.common.fields import typed
 from minigpt4.common.registry import registry
+from minigpt4.common.sections import DatasetConfig
 from minigpt4.datasets.align import CCSBUAlignDataset
 from minigpt4.datasets.storage import expand_storage
 from minigpt4.datasets.webdata import WebImageTextDataset
@@ -26,12 +28,13 @@ from minigpt4.processors import build_processor
 class BaseDatasetBuilder:
     name = ""
     DATASET_CONFIG_DICT: dict[str, str] = {}
+    CONFIG = DatasetConfig
 
     def __init__(self, cfg=None):
         if cfg is None:
             path = Path(registry.get_path("library_root")) / self.DATASET_CONFIG_DICT["default"]
             cfg = OmegaConf.load(path).datasets[self.name]
-        self.config = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
+        self.config = typed(self.CONFIG, cfg, f"datasets.{self.name}")
 
     # ------------------------------------------------------------------ pieces
     def _key(self, key: str) -> str:
@@ -53,16 +56,16 @@ class BaseDatasetBuilder:
         return OmegaConf.to_object(storage) if OmegaConf.is_config(storage) else storage
 
     def max_image_pixels(self) -> int | None:
-        value = self.config.get("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS)
+        value = self.config.max_image_pixels
         if value is not None and value < 1:
             raise ConfigError(f"{self._key('max_image_pixels')} must be >= 1 (or null for no limit), got {value}")
         return value
 
     def _annotate(self, dataset):
         dataset.name = self.name
-        dataset.sample_ratio = self.config.get("sample_ratio", 1)
-        dataset.batch_size = self.config.get("batch_size", None)
-        dataset.num_workers = self.config.get("num_workers", None)
+        dataset.sample_ratio = self.config.sample_ratio
+        dataset.batch_size = self.config.batch_size
+        dataset.num_workers = self.config.num_workers
         return dataset
 
     def build(self):
@@ -75,11 +78,11 @@ class BaseDatasetBuilder:
 class WebImageTextBuilder(BaseDatasetBuilder):
     def build(self):
         vis, text = self.build_processors()
-        shuffle_buffer = self.config.get("shuffle_buffer", 1000)
+        shuffle_buffer = self.config.shuffle_buffer
         if shuffle_buffer < 0:
             raise ConfigError(f"{self._key('shuffle_buffer')} must be >= 0, got {shuffle_buffer}")
         return WebImageTextDataset(expand_storage(self.name, self.storage()), vis, text, name=self.name,
-                                   resampled=self.config.get("resampled", True), shuffle_buffer=shuffle_buffer,
+                                   resampled=self.config.resampled, shuffle_buffer=shuffle_buffer,
                                    max_image_pixels=self.max_image_pixels())
 
 

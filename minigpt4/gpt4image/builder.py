@@ -24,8 +24,12 @@ import logging
 
 from omegaconf import OmegaConf
 
-from minigpt4.common import schema
+from dataclasses import dataclass
+from typing import Optional
+
 from minigpt4.common.config import resolve_path
+from minigpt4.common.fields import key
+from minigpt4.common.sections import DatasetConfig
 from minigpt4.common.registry import registry
 from minigpt4.datasets.builders import BaseDatasetBuilder
 from minigpt4.errors import ConfigError
@@ -35,12 +39,29 @@ from minigpt4.processors import build_processor
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class FolderBuildInfo:
+    train: Optional[str] = key(None, "training folder ROOT/<class>/<image>")
+    train_list: Optional[str] = key(None, "CSV (path,label) or JSONL list of the training images")
+    val: Optional[str] = key(None, "validation folder (top-1/top-5 after every epoch)")
+    val_list: Optional[str] = key(None, "list of the validation images")
+    embeddings: Optional[str] = key(None, "description embeddings (python -m minigpt4.gpt4image.embed)")
+
+
+@dataclass
+class FolderConfig(DatasetConfig):
+    """``datasets.gpt4image_folder:``"""
+    build_info: FolderBuildInfo = key(FolderBuildInfo(), "where the images and embeddings are")
+    missing_description: str = key("skip", "an image without description: skip or error", choices=("skip", "error"))
+    shuffle_descriptions: bool = key(False, "control: every image gets another image's description")
+    seed: int = key(0, "seed of shuffle_descriptions")
+
+
 @registry.register_builder("gpt4image_folder")
 class DescribedFolderBuilder(BaseDatasetBuilder):
     name = "gpt4image_folder"
     DATASET_CONFIG_DICT = {"default": "configs/datasets/gpt4image/folder.yaml"}
-    CONFIG_KEYS = {**schema.DATASET_KEYS, "missing_description": (str,), "shuffle_descriptions": (bool,),
-                   "seed": (int,)}
+    CONFIG = FolderConfig
 
     def _info(self, key: str):
         return OmegaConf.select(self.config, f"build_info.{key}")
@@ -73,9 +94,9 @@ class DescribedFolderBuilder(BaseDatasetBuilder):
             embeddings = (keys, emb)
         common = dict(name=self.name, what=self._key("")[:-1])
         train = DescribedImageFolder(root, rows, classes, self._processor("train"), embeddings=embeddings,
-                                     missing_description=self.config.get("missing_description", "skip"),
-                                     shuffle_descriptions=self.config.get("shuffle_descriptions", False),
-                                     seed=self.config.get("seed", 0), **common)
+                                     missing_description=self.config.missing_description,
+                                     shuffle_descriptions=self.config.shuffle_descriptions,
+                                     seed=self.config.seed, **common)
         train.embedding_meta = {k: v for k, v in meta.items() if k not in ("keys", "labels")}
         train.embedding_meta.update(path=str(self._info("embeddings")) if embeddings is not None else None)
         out = {"train": self._annotate(train)}

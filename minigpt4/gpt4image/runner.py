@@ -74,8 +74,8 @@ class ClassifierRunner(RunnerBase):
         was_training = self.model.training
         self.model.eval()
         mine = torch.utils.data.Subset(data, range(self.dist.rank, len(data), self.dist.world_size))
-        loader = torch.utils.data.DataLoader(mine, batch_size=int(self.run.get("batch_size_eval", 64)),
-                                             num_workers=int(self.run.get("num_workers", 0)), shuffle=False)
+        loader = torch.utils.data.DataLoader(mine, batch_size=self.run.batch_size_eval,
+                                             num_workers=self.run.num_workers, shuffle=False)
         counts = torch.zeros(3, dtype=torch.float64)
         for batch in loader:
             image, label = batch["image"].to(self.device), batch["label"].to(self.device)

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from minigpt4.common.fields import typed
 from minigpt4.common.registry import registry
+from minigpt4.common.sections import ModelConfig
 from minigpt4.errors import ConfigError
 from minigpt4.models import checkpoint as ckpt_io
 from minigpt4.models import prompting as P
@@ -63,32 +65,32 @@ class MiniGPT4(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg, device: str | torch.device | None = None) -> "MiniGPT4":
-        get = cfg.get
-        if get("lora_r", 0):
+        cfg = typed(ModelConfig, cfg, "model")
+        if cfg.lora_r:
             raise ConfigError("model.lora_r > 0: LoRA is not supported; MiniGPT-4 trains only llama_proj")
-        device = torch.device(device or get("device") or default_device())
-        llm_dtype = parse_dtype(get("torch_dtype"), device)
-        tokenizer = load_tokenizer(get("llama_model"), get("pad_token", "$$"))
-        llm = load_llm(get("llama_model"), device=device, dtype=llm_dtype, low_resource=get("low_resource", False),
-                       device_8bit=get("device_8bit", 0), load_in_4bit=get("load_in_4bit", False),
-                       device_map=get("device_map"), attn_implementation=get("attn_implementation"))
+        device = torch.device(device or cfg.device or default_device())
+        llm_dtype = parse_dtype(cfg.torch_dtype, device)
+        tokenizer = load_tokenizer(cfg.llama_model, cfg.pad_token)
+        llm = load_llm(cfg.llama_model, device=device, dtype=llm_dtype, low_resource=cfg.low_resource,
+                       device_8bit=cfg.device_8bit, load_in_4bit=cfg.load_in_4bit,
+                       device_map=cfg.device_map, attn_implementation=cfg.attn_implementation)
         vision = build_vision_tower(cfg)
         prompt_list = []
-        if get("prompt_path"):
+        if cfg.prompt_path:
             from minigpt4.common.config import resolve_path
 
-            prompt_list = P.load_prompt_list(resolve_path(get("prompt_path")), get("prompt_template", "{}"))
-            log.info("loaded %d training prompts from %s", len(prompt_list), get("prompt_path"))
-        model = cls(vision, llm, tokenizer, prompt_list=prompt_list, max_txt_len=get("max_txt_len", 32),
-                    end_sym=get("end_sym", "\n"), freeze_vit=get("freeze_vit", True),
-                    freeze_qformer=get("freeze_qformer", True))
-        if get("ckpt"):
-            model.load_projection(ckpt_io.require_file(get("ckpt"), "ckpt"))
-        if get("feature_cache_size", 0):
+            prompt_list = P.load_prompt_list(resolve_path(cfg.prompt_path), cfg.prompt_template or "{}")
+            log.info("loaded %d training prompts from %s", len(prompt_list), cfg.prompt_path)
+        model = cls(vision, llm, tokenizer, prompt_list=prompt_list, max_txt_len=cfg.max_txt_len,
+                    end_sym=cfg.end_sym, freeze_vit=cfg.freeze_vit,
+                    freeze_qformer=cfg.freeze_qformer)
+        if cfg.ckpt:
+            model.load_projection(ckpt_io.require_file(cfg.ckpt, "ckpt"))
+        if cfg.feature_cache_size:
             if not model.vision_frozen:
                 raise ConfigError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
-            model.feature_cache = FeatureCache(get("feature_cache_size"))
-        vit_fp16 = get("vit_precision", "fp16") == "fp16" and get("freeze_vit", True) and device.type == "cuda"
+            model.feature_cache = FeatureCache(cfg.feature_cache_size)
+        vit_fp16 = cfg.vit_precision == "fp16" and cfg.freeze_vit and device.type == "cuda"
         model.vision.to(device)
         if vit_fp16:
             model.vision.vision_model.half()

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel, Blip2VisionConfig, Blip2VisionModel
 
+from minigpt4.common.fields import typed
+from minigpt4.common.sections import ModelConfig
 from minigpt4.models import convert
 from minigpt4.models import weight_files as files
 
@@ -113,11 +115,11 @@ class VisionTower(nn.Module):
 def build_vision_tower(cfg) -> VisionTower:
     """Vision tower sized by ``vit_config``/``qformer_config`` (or a HF BLIP-2 folder's config) and loaded
     from ``vit_ckpt`` / ``q_former_model``."""
-    get = cfg.get
-    has_qformer = get("has_qformer", True)
-    qsrc = get("q_former_model") if has_qformer else None
+    cfg = typed(ModelConfig, cfg, "model")
+    has_qformer = cfg.has_qformer
+    qsrc = cfg.q_former_model if has_qformer else None
     hf_folder = files.is_hf_folder(qsrc)
-    vit_over, q_over, n_query = dict(get("vit_config") or {}), dict(get("qformer_config") or {}), None
+    vit_over, q_over, n_query = dict(cfg.vit_config or {}), dict(cfg.qformer_config or {}), None
     if hf_folder:
         from transformers import Blip2Config
 
@@ -129,19 +131,19 @@ def build_vision_tower(cfg) -> VisionTower:
             for k in ("model_type", "transformers_version", "_name_or_path", "architectures", "dtype",
                       "torch_dtype", "encoder_hidden_size", "output_attentions"):
                 d.pop(k, None)
-    vcfg = vision_config(vit_over, image_size=get("image_size"))
+    vcfg = vision_config(vit_over, image_size=cfg.image_size)
     qcfg = qformer_config(q_over, vcfg.hidden_size) if has_qformer else None
-    num_query = get("num_query_token") or n_query or 32
+    num_query = cfg.num_query_token or n_query or 32
     tower = VisionTower(vcfg, qcfg, num_query)
-    if get("drop_path_rate", 0):
+    if cfg.drop_path_rate:
         log.warning("model.drop_path_rate=%s is ignored: the frozen tower runs without drop path",
-                    get("drop_path_rate"))
-    if get("use_grad_checkpoint", False) and not get("freeze_vit", True):
+                    cfg.drop_path_rate)
+    if cfg.use_grad_checkpoint and not cfg.freeze_vit:
         tower.vision_model.gradient_checkpointing_enable()
 
     layers = vcfg.num_hidden_layers
-    if get("vit_ckpt"):
-        path = files.require_file(get("vit_ckpt"), "vit_ckpt")
+    if cfg.vit_ckpt:
+        path = files.require_file(cfg.vit_ckpt, "vit_ckpt")
         raw = files.tensor_dict(files.load_torch(path, "model.vit_ckpt"), f"model.vit_ckpt {path}", ())
         state, ignored = convert.eva_vit_to_hf(raw, layers)
         num_pos = tower.vision_model.embeddings.position_embedding.shape[1]
@@ -160,7 +162,7 @@ def build_vision_tower(cfg) -> VisionTower:
             raw = files.tensor_dict(files.load_torch(path, "model.q_former_model"), f"model.q_former_model {path}")
             state, ignored = convert.blip2_to_hf(raw, layers)
         required = ("qformer.", "query_tokens", "vision_model.post_layernorm.")
-        if hf_folder or not get("vit_ckpt"):
+        if hf_folder or not cfg.vit_ckpt:
             required += ("vision_model.",)
         files.load_into(tower, state, required, f"model.q_former_model {path}", ignored)
     return tower.eval()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from PIL import Image
 from torchvision import transforms
@@ -9,7 +10,8 @@ from torchvision.transforms import InterpolationMode
 
 from minigpt4.common.registry import registry
 from minigpt4.images import to_rgb
-from minigpt4.processors.base import BaseProcessor
+from minigpt4.common.fields import key
+from minigpt4.processors.base import BaseProcessor, rgb_triple, settings
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -35,6 +37,15 @@ class Blip2ImageTrainProcessor(_ImageProcessor):
     ``deterministic: true`` swaps in the eval resize (what later upstream versions did).
     """
 
+    @dataclass
+    class Config:
+        image_size: int = key(224, "output side in pixels", ge=1)
+        mean: list = key(list(CLIP_MEAN), "per-channel mean", check=rgb_triple)
+        std: list = key(list(CLIP_STD), "per-channel std", check=rgb_triple)
+        min_scale: float = key(0.5, "smallest crop area fraction", gt=0, le=1)
+        max_scale: float = key(1.0, "largest crop area fraction", gt=0, le=1)
+        deterministic: bool = key(False, "plain resize instead of random crops")
+
     def __init__(self, image_size=224, mean=CLIP_MEAN, std=CLIP_STD, min_scale=0.5, max_scale=1.0,
                  deterministic=False):
         if deterministic:
@@ -46,15 +57,20 @@ class Blip2ImageTrainProcessor(_ImageProcessor):
 
     @classmethod
     def from_config(cls, cfg=None):
-        cfg = cfg or {}
-        return cls(image_size=cfg.get("image_size", 224), mean=tuple(cfg.get("mean", CLIP_MEAN)),
-                   std=tuple(cfg.get("std", CLIP_STD)), min_scale=cfg.get("min_scale", 0.5),
-                   max_scale=cfg.get("max_scale", 1.0), deterministic=cfg.get("deterministic", False))
+        c = settings(cls, cfg)
+        return cls(image_size=c.image_size, mean=tuple(c.mean), std=tuple(c.std), min_scale=c.min_scale,
+                   max_scale=c.max_scale, deterministic=c.deterministic)
 
 
 @registry.register_processor("blip2_image_eval")
 class Blip2ImageEvalProcessor(_ImageProcessor):
     """Aspect-distorting bicubic squash to (image_size, image_size), as the original."""
+
+    @dataclass
+    class Config:
+        image_size: int = key(224, "output side in pixels", ge=1)
+        mean: list = key(list(CLIP_MEAN), "per-channel mean", check=rgb_triple)
+        std: list = key(list(CLIP_STD), "per-channel std", check=rgb_triple)
 
     def __init__(self, image_size=224, mean=CLIP_MEAN, std=CLIP_STD):
         super().__init__(transforms.Resize((image_size, image_size), interpolation=InterpolationMode.BICUBIC),
@@ -62,9 +78,8 @@ class Blip2ImageEvalProcessor(_ImageProcessor):
 
     @classmethod
     def from_config(cls, cfg=None):
-        cfg = cfg or {}
-        return cls(image_size=cfg.get("image_size", 224), mean=tuple(cfg.get("mean", CLIP_MEAN)),
-                   std=tuple(cfg.get("std", CLIP_STD)))
+        c = settings(cls, cfg)
+        return cls(image_size=c.image_size, mean=tuple(c.mean), std=tuple(c.std))
 
 
 def normalize_caption(caption: str, max_words: int = 50) -> str:
@@ -77,6 +92,11 @@ def normalize_caption(caption: str, max_words: int = 50) -> str:
 
 @registry.register_processor("blip_caption")
 class BlipCaptionProcessor(BaseProcessor):
+    @dataclass
+    class Config:
+        prompt: str = key("", "text put before every caption")
+        max_words: int = key(50, "captions are cut after this many words", ge=1)
+
     def __init__(self, prompt: str = "", max_words: int = 50):
         self.prompt = prompt
         self.max_words = max_words
@@ -86,5 +106,5 @@ class BlipCaptionProcessor(BaseProcessor):
 
     @classmethod
     def from_config(cls, cfg=None):
-        cfg = cfg or {}
-        return cls(prompt=cfg.get("prompt", ""), max_words=cfg.get("max_words", 50))
+        c = settings(cls, cfg)
+        return cls(prompt=c.prompt, max_words=c.max_words)

@@ -91,16 +91,19 @@ REQUIRED_RUN_KEYS = ("task", "init_lr", "min_lr", "max_epoch", "iters_per_epoch"
 def check_run(run_cfg) -> None:
     """Required ``run`` keys are present and the named task, runner and LR schedule exist."""
     from minigpt4.common.config import ConfigError
+    from minigpt4.common.fields import typed
     from minigpt4.common.registry import registry
+    from minigpt4.common.sections import RunConfig
 
+    run_cfg = typed(RunConfig, run_cfg, "run")
     # a runner that counts its epochs in passes over the data derives iters_per_epoch itself
-    runner = registry.get_runner_class(run_cfg.get("runner", "runner_base"), key="run.runner")
+    runner = registry.get_runner_class(run_cfg.runner, key="run.runner")
     derived = ("iters_per_epoch",) if getattr(runner, "derives_iters_per_epoch", False) else ()
     for key in REQUIRED_RUN_KEYS:
         if key not in derived and run_cfg.get(key) is None:
             raise ConfigError(f"run.{key} is required for training")
-    for key, kind, default in (("task", "task", None), ("lr_sched", "lr_scheduler", "linear_warmup_cosine_lr")):
-        getattr(registry, f"get_{kind}_class")(run_cfg.get(key, default), key=f"run.{key}")
+    for key, kind in (("task", "task"), ("lr_sched", "lr_scheduler")):
+        getattr(registry, f"get_{kind}_class")(run_cfg[key], key=f"run.{key}")
     for key in ("max_epoch", "iters_per_epoch", "batch_size_train"):
         if run_cfg.get(key) is not None and run_cfg.get(key) < 1:
             raise ConfigError(f"run.{key} must be >= 1, got {run_cfg.get(key)}")

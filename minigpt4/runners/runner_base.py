@@ -25,8 +25,10 @@ import torch
 
 from minigpt4.common import dist as D
 from minigpt4.common.config import ConfigError
+from minigpt4.common.fields import typed
 from minigpt4.common.optim import build_lr_scheduler, build_optimizer
 from minigpt4.common.registry import registry
+from minigpt4.common.sections import RunConfig
 from minigpt4.models.checkpoint import save_trainable
 from minigpt4.runners import checkpointing as C
 from minigpt4.runners.monitor import Reporter, StepMeter, peak_memory_mb
@@ -61,22 +63,18 @@ class RunnerBase:
                  output_dir: str | Path | None = None, loader=None):
         self.config, self.job_id, self.task, self.model = cfg, job_id, task, model
         self.datasets = datasets
-        run = cfg.run_cfg
+        run = typed(RunConfig, cfg.run_cfg, "run")
         self.run = run
         self.dist = dist_info or D.DistInfo(device=model.device)
         self.device = self.dist.device
         self.max_epoch, self.iters_per_epoch = int(run.max_epoch), int(run.iters_per_epoch)
         self.total_steps = self.max_epoch * self.iters_per_epoch
-        self.accum = int(run.get("accum_grad_iters", 1) or 1)
-        self.save_every = run.get("save_every")
-        self.max_grad_norm = run.get("max_grad_norm")
-        self.log_freq = int(run.get("log_freq", 50))
-        self.max_seconds = run.get("max_seconds")
+        self.accum = run.accum_grad_iters
+        self.save_every = run.save_every
+        self.max_grad_norm = run.max_grad_norm
+        self.log_freq = run.log_freq
+        self.max_seconds = run.max_seconds
         self._check_steps()
-        for key, why in (("evaluate", "there is no evaluation split in MiniGPT-4 training"),
-                         ("wandb_log", "metrics go to TensorBoard and log.txt")):
-            if run.get(key, False):
-                log.warning("run.%s is ignored: %s", key, why)
         from minigpt4.runners.output import ensure_writable, job_folder
 
         self.output_dir = ensure_writable(Path(output_dir) if output_dir else job_folder(run, job_id))
@@ -97,12 +95,12 @@ class RunnerBase:
 
     def _setup_amp(self):
         """AMP on CUDA only: fp16 with a GradScaler, or bf16 (``run.amp_dtype``); fp32 elsewhere."""
-        if not self.run.get("amp", False):
+        if not self.run.amp:
             return None, None
         if self.device.type != "cuda":
             log.info("run.amp is ignored on %s: training in float32", self.device.type)
             return None, None
-        name = str(self.run.get("amp_dtype", "float16"))
+        name = self.run.amp_dtype
         if name not in AMP_DTYPES:
             raise ConfigError(f"run.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {name!r}")
         dtype = AMP_DTYPES[name]
@@ -116,8 +114,8 @@ class RunnerBase:
 
             train_sets = {name: splits["train"] for name, splits in self.datasets.items()}
             self._loader = build_train_loader(train_sets, batch_size=int(self.run.batch_size_train),
-                                              num_workers=int(self.run.get("num_workers", 0)),
-                                              seed=int(self.run.get("seed", 42)), rank=self.dist.rank,
+                                              num_workers=self.run.num_workers,
+                                              seed=self.run.seed, rank=self.dist.rank,
                                               world_size=self.dist.world_size)
         return self._loader
 
@@ -210,14 +208,14 @@ class RunnerBase:
         title = f"{self.output_dir.parent.name} / {self.output_dir.name}"  # e.g. "stage1 / tiny"
         self.reporter = None
         if self.dist.is_main:
-            self.reporter = Reporter(self.output_dir, self.run.get("tensorboard", True), title)
+            self.reporter = Reporter(self.output_dir, self.run.tensorboard, title)
         if self.dist.is_main:
             for name, p in self.model.named_parameters():
                 if p.requires_grad:
                     log.info("trainable: %s %s", name, list(p.shape))
             self.reporter.write_config(self.config.to_dict())
         epoch, step, global_step, sums = 0, 0, 0, [0.0, 0.0, 0]
-        resume = self.run.get("resume_ckpt_path")
+        resume = self.run.resume_ckpt_path
         if resume:
             epoch, step, global_step, sums = self.load_resume(resume)
         self.optimizer.zero_grad(set_to_none=True)
@@ -276,7 +274,7 @@ class RunnerBase:
         """Steps ``start..iters_per_epoch-1`` of ``epoch``.
         Returns (stop requested?, global step, loss/lr sums, epoch stats if the epoch was completed)."""
         bar, redirect = None, contextlib.nullcontext()
-        if self.dist.is_main and self.run.get("progress_bar", True):
+        if self.dist.is_main and self.run.progress_bar:
             from tqdm.auto import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 

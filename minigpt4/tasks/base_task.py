@@ -45,7 +45,7 @@ class BaseTask:
     def build_model(self, cfg, device: str | torch.device | None = None):
         model_cfg = cfg.model_cfg
         if device is None:
-            device = cfg.run_cfg.get("device") if cfg.run_cfg is not None else None
+            device = cfg.run_cfg.device if cfg.run_cfg is not None else None
         return registry.get_model_class(model_cfg.arch, key="model.arch").from_config(model_cfg, device=device)
 
 
