@@ -22,6 +22,7 @@ class SamplingParams:
     top_k: int | None = None
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()  # tokens that end the row besides EOS (not part of the text)
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
