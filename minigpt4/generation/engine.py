@@ -140,7 +140,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ stepping
     def _select(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        histories = [None if r.params.greedy else torch.tensor([r.text.ids], dtype=torch.long, device=logits.device)
+        histories = [torch.tensor([r.text.ids], dtype=torch.long, device=logits.device) if r.params.needs_history
+                     else None
                      for r in rows]
         return select_tokens(logits, [r.params for r in rows], [r.generator for r in rows], histories)
 
