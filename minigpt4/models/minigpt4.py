@@ -265,7 +265,7 @@ class MiniGPT4(nn.Module):
         prompts = [P.IMAGE_PLACEHOLDER * k if p is None else p for p, k in zip(prompts, images_per_row)]
         layout, attention = self.context_layout(prompts, images_per_row)
         if image_embeds is None:
-            image_embeds = torch.zeros(0, 0)
+            image_embeds = torch.zeros(0, 0, device=self.device)
         embeds = P.embed_layout(layout.to(self.device), image_embeds, self.embed_tokens)
         return embeds, attention.to(self.device)
 
