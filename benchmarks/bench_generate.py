@@ -74,8 +74,7 @@ def caption_round(model, pixels, prompt, batch_size, gen):
         chunk = pixels[i : i + batch_size]
         texts += model.generate(chunk, [prompt] * len(chunk), **gen)
     elapsed = time.perf_counter() - start
-    tok = model.llama_tokenizer
-    tokens = sum(len(tok(t, add_special_tokens=False).input_ids) for t in texts)
+    tokens = sum(model.count_tokens(t) for t in texts)
     return elapsed, texts, tokens
 
 

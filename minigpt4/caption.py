@@ -19,8 +19,10 @@ bytes as ``\\udcXX`` escapes (``os.fsencode(key)`` gives them back). Under torch
 share of what is left and appends to ``<out>.part-<rank>-of-<world>``; at the end the parts are merged
 into ``--out`` in the order of the input listing. Rows whose key is already written (in ``--out`` or any
 part) are skipped: running the same command again, with any number of ranks, resumes where it stopped.
-Generation is greedy and batched; every row stops at its own ``end_sym`` (or EOS), so a batch gives the
-same text per image as one image at a time.
+Generation is greedy with continuous batching (:mod:`minigpt4.captioner`): ``--batch-size`` rows decode
+together, every row stops at its own ``end_sym`` (or EOS) and its place goes to the next image at the next
+step, so a batch gives the same text per image as one image at a time. With ``--num-beams`` > 1, images
+go ``--batch-size`` at a time through beam search instead.
 
 The prompt, the image processor and the big-model options are described in :mod:`minigpt4.inference`.
 """
@@ -38,6 +40,14 @@ from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS
 
 log = logging.getLogger("minigpt4.caption")
 PROG = "python -m minigpt4.caption"
+
+
+def __getattr__(name):  # Captioner stays importable from here without making --help import torch
+    if name == "Captioner":
+        from minigpt4.captioner import Captioner
+
+        return Captioner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -144,58 +154,6 @@ class PromptMaker:
         return self.template.replace("{label}", self.readable[item.label])
 
 
-class Captioner:
-    """Collects readable images into batches and writes rows in input order."""
-
-    def __init__(self, model, vis_processor, output, prompt_for, batch_size: int, gen_kwargs: dict,
-                 max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS):
-        self.model, self.vis_processor, self.output = model, vis_processor, output
-        self.max_pixels = max_pixels
-        self.prompt_for, self.batch_size, self.gen_kwargs = prompt_for, batch_size, gen_kwargs
-        self.pending: list = []  # (item, pixels or None, error or None)
-        self.counts = {"captioned": 0, "errors": 0, "skipped_done": 0}
-        self.on_written = lambda n: None  # progress callback: rows written
-
-    def add(self, item) -> None:
-        pixels, error = None, item.error
-        if error is None:
-            try:
-                pixels = self.vis_processor(item.load(self.max_pixels))
-            except ValueError as exc:
-                error = str(exc)
-        if error is not None:
-            log.warning("%s: %s", item.key, error)
-        self.pending.append((item, pixels, error))
-        if sum(p is not None for _, p, _ in self.pending) >= self.batch_size:
-            self.flush()
-
-    def flush(self) -> None:
-        import torch
-
-        good = [(item, px) for item, px, _ in self.pending if px is not None]
-        captions = {}
-        if good:
-            with torch.inference_mode():
-                texts = self.model.generate(torch.stack([px for _, px in good]),
-                                            [self.prompt_for(item) for item, _ in good], **self.gen_kwargs)
-            captions = {id(item): text for (item, _), text in zip(good, texts)}
-        rows = []
-        for item, _, error in self.pending:
-            row = {"key": item.key, item.kind: item.source}
-            if item.label is not None:
-                row["label"] = item.label
-            if error is None:
-                row["caption"] = captions[id(item)]
-                self.counts["captioned"] += 1
-            else:
-                row["error"] = error
-                self.counts["errors"] += 1
-            rows.append(row)
-        self.output.write(rows)
-        self.on_written(len(rows))
-        self.pending = []
-
-
 def run(args) -> dict:
     from minigpt4 import inference
     from minigpt4.common import dist as D
@@ -238,6 +196,7 @@ def caption_share(args, info, output, items, urls, model, vis_processor, prompt_
 
     from minigpt4 import inference
     from minigpt4.caption_io import ShardErrors, shard_items
+    from minigpt4.captioner import Captioner
     from minigpt4.sharded_jsonl import rank_share
 
     gen_kwargs = dict(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=False,

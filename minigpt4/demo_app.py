@@ -15,6 +15,7 @@ from PIL import Image
 
 from minigpt4.conversation.conversation import Chat, Conversation, load_image
 from minigpt4.conversation.history import ContextTooLongError
+from minigpt4.images import ImageTooLarge
 
 log = logging.getLogger("minigpt4.demo")
 
@@ -46,16 +47,16 @@ def open_checked(path, max_pixels: int) -> Image.Image:
     if path is None:
         raise ValueError("Please choose an image first.")
     try:
-        with Image.open(path) as probe:
-            width, height = probe.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"This file is not an image I can read ({type(exc).__name__}).") from exc
-    if width * height > max_pixels:
-        raise ValueError(f"This image is too large ({width}x{height} pixels; at most {max_pixels:,} pixels).")
-    try:
-        return load_image(path, max_pixels=max_pixels)
+        return load_image(path, max_pixels=max_pixels)  # the size is checked from the header before decoding
+    except ImageTooLarge as exc:
+        if exc.size is None:
+            raise ValueError(f"This image is too large to decode (at most {max_pixels:,} pixels).") from exc
+        width, height = exc.size
+        raise ValueError(f"This image is too large ({width}x{height} pixels; at most {max_pixels:,} pixels).") \
+            from exc
     except ValueError as exc:
-        raise ValueError("This file is not an image I can read (it may be corrupt).") from exc
+        cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "it may be corrupt"
+        raise ValueError(f"This file is not an image I can read ({cause}).") from exc
 
 
 class TolerantImage(gr.Image):

@@ -37,14 +37,18 @@ class UnreadableImage(UserError, ValueError):
 
 
 class ImageTooLarge(UserError, ValueError):
-    """More pixels than allowed; raised before the pixels are decoded."""
+    """More pixels than allowed; raised before the pixels are decoded. ``size`` is (width, height) when known."""
+
+    size: tuple[int, int] | None = None
 
 
 def check_size(size: tuple[int, int], max_pixels: int | None, where: str) -> None:
     width, height = size
     if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLarge(f"{where}: {width}x{height} = {width * height:,} pixels, more than the allowed "
+        exc = ImageTooLarge(f"{where}: {width}x{height} = {width * height:,} pixels, more than the allowed "
                             f"{max_pixels:,} (max_image_pixels)")
+        exc.size = (width, height)
+        raise exc
 
 
 def open_image(source, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, where: str | None = None

@@ -82,7 +82,9 @@ def resolve_device(requested, cfg):
     import torch
     from omegaconf import OmegaConf
 
-    name = requested or OmegaConf.select(cfg, "run.device") or ("cuda" if torch.cuda.is_available() else "cpu")
+    from minigpt4.common.dist import default_device
+
+    name = requested or OmegaConf.select(cfg, "run.device") or default_device().type
     try:
         device = torch.device(name)
     except RuntimeError as exc:

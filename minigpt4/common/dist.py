@@ -47,10 +47,15 @@ def launcher_env(environ=None) -> tuple[int, int, int] | None:
     return None
 
 
+def default_device() -> torch.device:
+    """The device used when none is configured: CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolve_device(requested: str | None, local_rank: int = 0) -> torch.device:
     """``run.device`` -> torch.device; ``cuda`` without CUDA falls back to CPU with a warning."""
     if not requested:
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
+        requested = default_device().type
     device = torch.device(requested)
     if device.type == "cuda":
         if not torch.cuda.is_available():

@@ -18,9 +18,9 @@ from PIL import Image
 
 from minigpt4.conversation.history import ContextTooLongError, fit_turns  # noqa: F401 (re-exported)
 from minigpt4.conversation.settings import check_generation_settings
-from minigpt4.conversation.streaming import stream_generation
+from minigpt4.conversation.streaming import CancellableStreamer, stream_from
 from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, open_image
-from minigpt4.models.prompting import IMAGE_PLACEHOLDER, embed_layout
+from minigpt4.models.prompting import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 IMAGE_MESSAGE = f"<Img>{IMAGE_PLACEHOLDER}</Img>"
@@ -154,10 +154,8 @@ class Chat:
         oldest whole turns are left out until it fits (see :func:`fit_turns`)."""
         if budget is not None:
             conv, img_list, _ = fit_turns(conv, img_list, self.context_length, budget)
-        layout, attention = self.model.context_layout([conv.get_prompt()], [len(img_list)])
-        layout = layout.to(self.model.device)
-        images = torch.cat(img_list, dim=1) if img_list else torch.zeros(0, 0)
-        return embed_layout(layout, images, self.model.embed_tokens), attention.to(self.model.device)
+        images = torch.cat(img_list, dim=1) if img_list else None
+        return self.model.embed_prompts([conv.get_prompt()], images, [len(img_list)])
 
     @staticmethod
     def stop_strings(conv: Conversation) -> list[str]:
@@ -219,7 +217,9 @@ class Chat:
             return self.model.generate_ids(embeds, attention, stop_strings=stops, streamer=streamer, **gen)
 
         try:
-            ids = yield from stream_generation(self.model.llama_tokenizer, generate, stops, timeout=timeout)
+            streamer = self.model.text_streamer(CancellableStreamer, skip_prompt=True, timeout=timeout,
+                                                skip_special_tokens=False)
+            ids = yield from stream_from(streamer, generate, stops)
         except BaseException:  # includes the consumer closing the stream early
             conv.messages.pop()
             raise

@@ -83,6 +83,13 @@ def stream_generation(tokenizer, generate: Callable[..., object], stop_strings: 
     raised inside the thread is re-raised here.
     """
     streamer = CancellableStreamer(tokenizer, skip_prompt=True, timeout=timeout, skip_special_tokens=False)
+    return (yield from stream_from(streamer, generate, stop_strings))
+
+
+def stream_from(streamer: CancellableStreamer, generate: Callable[..., object],
+                stop_strings: list[str]) -> Iterator[str]:
+    """:func:`stream_generation` with a ready streamer (e.g. from ``MiniGPT4.text_streamer``)."""
+    tokenizer = streamer.tokenizer
     result: dict = {}
 
     def run():

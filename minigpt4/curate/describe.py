@@ -93,7 +93,7 @@ class Describer:
                                        **self.gen_kwargs)
 
     def n_tokens(self, text: str) -> int:
-        return len(self.model.llama_tokenizer(text, add_special_tokens=False).input_ids)
+        return self.model.count_tokens(text)
 
     def flush(self) -> None:
         good = [(i, px) for i, (_, _, px, _) in enumerate(self.pending) if px is not None]

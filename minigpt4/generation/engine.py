@@ -23,7 +23,6 @@ import torch
 from minigpt4.generation.batch import KVBatch
 from minigpt4.generation.sampling import SamplingParams, select_tokens
 from minigpt4.generation.text import RowText
-from minigpt4.models.prompting import embed_layout
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +94,8 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.batch = KVBatch(model)
         self.rows: list[_Row] = []
-        cfg = model.llama_model.generation_config
-        eos = cfg.eos_token_id if cfg is not None else None
-        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        tok_eos = model.llama_tokenizer.eos_token_id
-        self.eos_ids = set(eos) | ({tok_eos} if tok_eos is not None else set())
-        self.default_top_k = getattr(cfg, "top_k", None)
+        self.eos_ids = model.eos_token_ids()
+        self.default_top_k = getattr(model.llama_model.generation_config, "top_k", None)
 
     @property
     def free_slots(self) -> int:
@@ -109,15 +104,12 @@ class Scheduler:
     # ------------------------------------------------------------------ joining
     def _embed(self, requests: list[Request]) -> tuple[torch.Tensor, torch.Tensor]:
         model = self.model
-        layout, attention = model.context_layout([r.prompt for r in requests], [r.num_images for r in requests])
-        layout, attention = layout.to(model.device), attention.to(model.device)
         pixels = [r.images for r in requests if r.num_images]
+        images = None
         if pixels:
             with model.maybe_autocast():
                 images, _ = model.encode_img(torch.cat(pixels))
-        else:
-            images = torch.zeros(0, 0)
-        return embed_layout(layout, images, model.embed_tokens), attention
+        return model.embed_prompts([r.prompt for r in requests], images, [r.num_images for r in requests])
 
     @torch.no_grad()
     def admit(self, requests: list[Request]) -> None:
@@ -148,7 +140,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ stepping
     def _select(self, logits: torch.Tensor, rows: list[_Row]) -> list[int]:
-        histories = [None if r.params.greedy else torch.tensor([r.text.ids], dtype=torch.long, device=logits.device)
+        histories = [torch.tensor([r.text.ids], dtype=torch.long, device=logits.device) if r.params.needs_history
+                     else None
                      for r in rows]
         return select_tokens(logits, [r.params for r in rows], [r.generator for r in rows], histories)
 
@@ -165,7 +158,8 @@ class Scheduler:
             if request.cancelled:
                 continue
             reason = None
-            if token in self.eos_ids:
+            ended = token in self.eos_ids or token in row.params.stop_token_ids
+            if ended:
                 reason = "stop"
             else:
                 piece, stopped = row.text.push(token)
@@ -179,7 +173,7 @@ class Scheduler:
                 keep.append(i)
                 continue
             text, rest = row.text.finish()
-            generated = len(row.text.ids) + (token in self.eos_ids)  # EOS counts as a generated token
+            generated = len(row.text.ids) + ended  # EOS / a stop token counts as a generated token
             _emit(request, Finished(text, rest, reason, row.prompt_tokens, generated, list(row.text.ids)))
         self._keep(keep)
 

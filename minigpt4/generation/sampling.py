@@ -1,7 +1,7 @@
 """Per-request generation settings and next-token selection for a batch whose rows have their own settings.
 
-Greedy rows take the arg-max of the float32 logits, exactly as transformers' ``generate`` does, so a row
-gets the same tokens in any batch. Sampling rows go through transformers' own warpers (temperature, the
+Greedy rows take the arg-max of the float32 logits (after the repetition penalty, when set), exactly as
+transformers' ``generate`` does, so a row gets the same tokens in any batch. Sampling rows go through transformers' own warpers (temperature, the
 LLM's default top-k, top-p) and draw from their own ``torch.Generator``: a seeded request draws the same
 tokens whether it runs alone or next to others.
 """
@@ -10,7 +10,13 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessorList,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +28,8 @@ class SamplingParams:
     top_k: int | None = None
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()  # tokens that end the row besides EOS (not part of the text)
+    repetition_penalty: float = 1.0  # transformers' penalty on the row's generated tokens (1 = none)
 
     def __post_init__(self):
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
@@ -32,10 +40,23 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {self.top_k!r}")
+        if not self.repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty!r}")
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def needs_history(self) -> bool:
+        """Token selection reads the row's generated ids (sampling warpers, repetition penalty)."""
+        return not self.greedy or self.repetition_penalty != 1.0
+
+    def penalties(self) -> LogitsProcessorList:
+        out = LogitsProcessorList()
+        if self.repetition_penalty != 1.0:
+            out.append(RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        return out
 
     def warpers(self) -> LogitsProcessorList:
         out = LogitsProcessorList()
@@ -66,11 +87,15 @@ def select_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
     logits = logits.float()
     out = logits.argmax(dim=-1).tolist()
     for i, p in enumerate(params):
-        if p.greedy:
+        if not p.needs_history:
             continue
         ids = histories[i] if histories is not None and histories[i] is not None \
             else torch.zeros(1, 0, dtype=torch.long, device=logits.device)
-        scores = p.warpers()(ids, logits[i : i + 1].clone())
+        scores = p.penalties()(ids, logits[i : i + 1].clone())  # processors first, then warpers, as generate()
+        if p.greedy:
+            out[i] = int(scores.argmax(dim=-1)[0])
+            continue
+        scores = p.warpers()(ids, scores)
         probs = torch.softmax(scores, dim=-1)
         out[i] = int(torch.multinomial(probs, num_samples=1, generator=generators[i])[0, 0])
     return out

@@ -18,9 +18,8 @@ log = logging.getLogger(__name__)
 class RowText:
     def __init__(self, model, stop_strings):
         self.model = model
-        self.tokenizer = model.llama_tokenizer
         self.stops = [s for s in stop_strings if s]
-        eos = self.tokenizer.eos_token
+        eos = model.eos_text
         self.filter = StopFilter(self.stops + ([eos] if eos else []))
         self.ids: list[int] = []
         self.raw = ""
@@ -29,7 +28,7 @@ class RowText:
     def push(self, token_id: int) -> tuple[str, bool]:
         """Add a generated (non-EOS) token; returns (new text to send, whether a stop string appeared)."""
         self.ids.append(int(token_id))
-        raw = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        raw = self.model.decode_text(self.ids)
         if raw.endswith("\ufffd") or not raw.startswith(self.raw):
             return "", self._stopped(raw)  # an incomplete character, or the tokenizer re-joined the text
         piece = self.filter.feed(raw[len(self.raw):])

@@ -160,6 +160,8 @@ class TextEncoder:
         import torch
         from transformers import AutoTokenizer
 
+        from minigpt4.common.dist import default_device
+
         self.folder = Path(folder) if folder is not None else default_encoder()
         config = check_folder(self.folder)
         if kind not in KINDS:
@@ -172,7 +174,7 @@ class TextEncoder:
         self.kind = detected
         has_weights(self.folder)
         has_tokenizer(self.folder)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device) if device else default_device()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
         except (OSError, ValueError) as exc:  # no tokenizer files in the folder

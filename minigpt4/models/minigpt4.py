@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from minigpt4.common.dist import default_device
 from minigpt4.common.fields import typed
 from minigpt4.common.registry import registry
 from minigpt4.common.sections import ModelConfig
@@ -25,10 +26,6 @@ from minigpt4.models.llm import load_llm, load_tokenizer, parse_dtype
 from minigpt4.models.vision import VisionTower, build_vision_tower  # noqa: F401  (build_vision_tower re-exported)
 
 log = logging.getLogger(__name__)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @registry.register_model("mini_gpt4")
@@ -228,24 +225,58 @@ class MiniGPT4(nn.Module):
         return {"loss": token_loss.sum(1) / targets.shape[1]}  # the original divides by L-1, pads included
 
     # ------------------------------------------------------------------ generation
-    def stop_strings(self) -> list[str]:
-        end = self.end_sym.strip()
-        eos = self.llama_tokenizer.eos_token
-        return [end] if end and end != eos else []
+    # The one input path (embed_prompts), stop policy (stop_strings, eos_token_ids) and decode (decode_answer)
+    # that generate, Chat, the engine, captioning, curation and the tiny-world evaluation all go through.
+    def stop_strings(self, end_sym: str | None = None) -> list[str]:
+        """Text that ends an answer written with ``end_sym`` (default: the model's): its stripped text; none
+        when that is EOS or blank (EOS always stops)."""
+        end = (self.end_sym if end_sym is None else end_sym).strip()
+        return [end] if end and end != self.llama_tokenizer.eos_token else []
+
+    @property
+    def eos_text(self) -> str:
+        return self.llama_tokenizer.eos_token or ""
+
+    def eos_token_ids(self, stop_token_ids=()) -> set[int]:
+        """Token ids that end a row: the LLM's generation-config EOS, the tokenizer's, and ``stop_token_ids``."""
+        cfg = self.llama_model.generation_config
+        eos = getattr(cfg, "eos_token_id", None)
+        eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        tok_eos = self.llama_tokenizer.eos_token_id
+        return set(eos) | ({tok_eos} if tok_eos is not None else set()) | {int(t) for t in stop_token_ids}
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llama_tokenizer(text, add_special_tokens=False).input_ids)
+
+    def text_streamer(self, streamer_cls, **kwargs):
+        """A transformers streamer (``streamer_cls(tokenizer, **kwargs)``) decoding with this model's tokenizer."""
+        return streamer_cls(self.llama_tokenizer, **kwargs)
 
     def context_layout(self, prompts: list[str], images_per_row: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded layout for ``generate``: bos + segments with image markers, per row."""
+        """Left-padded layout for generation: bos + segments with image markers, per row."""
         n = self.vision.num_tokens
         bos = [] if self._bos_id() is None else [self._bos_id()]
         contexts = [bos + P.wrap_ids([self.token_ids(s) for s in P.split_prompt(p, k)], n)
                     for p, k in zip(prompts, images_per_row)]
         return P.generation_layout(contexts, self.llama_tokenizer.pad_token_id)
 
+    def embed_prompts(self, prompts: list[str | None], image_embeds: torch.Tensor | None,
+                      images_per_row: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``(inputs_embeds [B, L, H], attention_mask [B, L])`` on the model's device. Row i's
+        prompt has ``images_per_row[i]`` ``<ImageHere>`` (None = the images alone); ``image_embeds`` holds
+        every image's LLM embeddings in row order ([N, n, H], or any shape with N * n rows of H)."""
+        prompts = [P.IMAGE_PLACEHOLDER * k if p is None else p for p, k in zip(prompts, images_per_row)]
+        layout, attention = self.context_layout(prompts, images_per_row)
+        if image_embeds is None:
+            image_embeds = torch.zeros(0, 0, device=self.device)
+        embeds = P.embed_layout(layout.to(self.device), image_embeds, self.embed_tokens)
+        return embeds, attention.to(self.device)
+
     @torch.no_grad()
     def generate_ids(self, inputs_embeds, attention_mask, *, max_new_tokens=300, num_beams=1, do_sample=False,
                      temperature=1.0, top_p=0.9, repetition_penalty=1.0, length_penalty=1.0, min_length=1,
-                     stop_strings=None, streamer=None, seed=None) -> torch.Tensor:
-        """Generated token ids [B, T] (new tokens only). Each row stops at its own stop string or EOS."""
+                     stop_strings=None, stop_token_ids=(), streamer=None, seed=None) -> torch.Tensor:
+        """Generated token ids [B, T] (new tokens only). Each row stops at its own stop string, stop token or EOS."""
         kwargs = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample,
                       repetition_penalty=repetition_penalty, length_penalty=length_penalty,
                       min_new_tokens=max(0, min_length - 1) or None,
@@ -259,32 +290,48 @@ class MiniGPT4(nn.Module):
         stops = self.stop_strings() if stop_strings is None else list(stop_strings)
         if stops:
             kwargs.update(stop_strings=stops, tokenizer=self.llama_tokenizer)
+        if stop_token_ids:
+            kwargs.update(eos_token_id=sorted(self.eos_token_ids(stop_token_ids)))
         with self.maybe_autocast():
             return self.llama_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
-    def decode(self, ids, stop_strings=None) -> str:
-        """Text of generated ids up to EOS and the first stop string (special tokens never leak)."""
+    def decode_answer(self, ids, stop_strings=None, stop_token_ids=()) -> tuple[str, bool]:
+        """``(text, stopped_by_end_sym)`` of generated ids: the text up to EOS, a stop token or the first stop
+        string (special tokens never leak, stripped); the flag says a stop string or stop token ended it."""
         ids = [int(i) for i in ids]
-        eos = self.llama_tokenizer.eos_token_id
-        if eos in ids:
-            ids = ids[: ids.index(eos)]
-        text = self.llama_tokenizer.decode(ids, skip_special_tokens=False)
+        ends = self.eos_token_ids(stop_token_ids)
+        cut = next((k for k, i in enumerate(ids) if i in ends), len(ids))
+        by_token = cut < len(ids) and ids[cut] in set(int(t) for t in stop_token_ids)
+        text = self.llama_tokenizer.decode(ids[:cut], skip_special_tokens=False)
         stops = self.stop_strings() if stop_strings is None else list(stop_strings)
-        return P.cut_at_stop(text, stops + [self.llama_tokenizer.eos_token or ""]).strip()
+        cut_text = P.cut_at_stop(text, stops)
+        by_string = len(cut_text) < len(text)
+        return P.cut_at_stop(cut_text, [self.eos_text]).strip(), by_string or by_token
+
+    def decode(self, ids, stop_strings=None, stop_token_ids=()) -> str:
+        """Text of generated ids up to EOS and the first stop string (special tokens never leak)."""
+        return self.decode_answer(ids, stop_strings, stop_token_ids)[0]
+
+    def decode_text(self, ids) -> str:
+        """Raw text of ids (nothing cut, special tokens kept): what streaming compares against."""
+        return self.llama_tokenizer.decode([int(i) for i in ids], skip_special_tokens=False)
 
     @torch.no_grad()
-    def generate(self, images, prompts: list[str | None] | None = None, **gen_kwargs) -> list[str]:
-        """Batched generation. ``images``: [B,3,S,S] (one image per row) or a list of per-row tensors
-        [k_i,3,S,S]; ``prompts``: one string per row with k_i ``<ImageHere>`` (None = image only)."""
+    def generate_answers(self, images, prompts: list[str | None] | None = None, **gen_kwargs) -> list[tuple[str, bool]]:
+        """Batched generation -> ``(text, stopped_by_end_sym)`` per row. ``images``: [B,3,S,S] (one image per
+        row) or a list of per-row tensors [k_i,3,S,S]; ``prompts``: one string per row with k_i ``<ImageHere>``
+        (None = image only)."""
         per_row = [images[i : i + 1] for i in range(len(images))] if torch.is_tensor(images) else list(images)
         counts = [len(x) for x in per_row]
         prompts = list(prompts) if prompts is not None else [None] * len(per_row)
-        prompts = [P.IMAGE_PLACEHOLDER * k if p is None else p for p, k in zip(prompts, counts)]
         img_embeds, _ = self.encode_img(torch.cat(per_row))
-        layout, attention = self.context_layout(prompts, counts)
-        layout, attention = layout.to(self.device), attention.to(self.device)
-        embeds = P.embed_layout(layout, img_embeds, self.embed_tokens)
-        stops = gen_kwargs.pop("stop_strings", None)
-        out = self.generate_ids(embeds, attention, stop_strings=stops, **gen_kwargs)
-        return [self.decode(row, stops) for row in out]
+        embeds, attention = self.embed_prompts(prompts, img_embeds, counts)
+        stops, stop_ids = gen_kwargs.pop("stop_strings", None), tuple(gen_kwargs.pop("stop_token_ids", ()))
+        out = self.generate_ids(embeds, attention, stop_strings=stops, stop_token_ids=stop_ids, **gen_kwargs)
+        return [self.decode_answer(row, stops, stop_ids) for row in out]
+
+    @torch.no_grad()
+    def generate(self, images, prompts: list[str | None] | None = None, **gen_kwargs) -> list[str]:
+        """Batched generation (see :meth:`generate_answers`): the text per row."""
+        return [text for text, _ in self.generate_answers(images, prompts, **gen_kwargs)]
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import io
 import re
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
+from minigpt4 import images
 from minigpt4.serve.errors import APIError, bad_request
 
 DATA_URL = re.compile(r"data:(?P<mime>image/[A-Za-z0-9.+-]+)?(?P<params>(;[^;,]*)*?);base64,(?P<data>.*)", re.S)
@@ -33,21 +33,17 @@ def _too_large(what: str, param: str) -> APIError:
 
 
 def open_image(data: bytes, policy: ImagePolicy, param: str) -> Image.Image:
-    """Decode image bytes to RGB, refusing non-images and images over the pixel limit."""
+    """Decode image bytes to RGB (:func:`minigpt4.images.open_image`), refusing non-images and images over
+    the byte or pixel limit."""
     if len(data) > policy.max_image_bytes:
         raise _too_large(f"the image is {len(data):,} bytes; at most {policy.max_image_bytes:,} are accepted", param)
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-            if width * height > policy.max_image_pixels:
-                raise _too_large(f"the image is {width}x{height} pixels; at most {policy.max_image_pixels:,} "
-                                 "pixels are accepted", param)
-            probe.load()
-            return probe.convert("RGB")
-    except Image.DecompressionBombError as exc:
-        raise _too_large(f"the image is too large to decode ({exc})", param) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise bad_request(f"not a readable image ({type(exc).__name__})", param=param, code="invalid_image") from None
+        return images.open_image(data, max_pixels=policy.max_image_pixels, where="the image")
+    except images.ImageTooLarge as exc:
+        raise _too_large(str(exc), param) from None
+    except images.UnreadableImage as exc:
+        cause = type(exc.__cause__).__name__ if exc.__cause__ is not None else "UnreadableImage"
+        raise bad_request(f"not a readable image ({cause})", param=param, code="invalid_image") from None
 
 
 def _local(path: str, policy: ImagePolicy, param: str) -> bytes:

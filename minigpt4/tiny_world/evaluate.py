@@ -17,9 +17,8 @@ import json
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from minigpt4.models import prompting as P
+from minigpt4.images import open_image
 from minigpt4.tiny_world import text as T
 from minigpt4.tiny_world.write import read_eval
 
@@ -28,26 +27,15 @@ ANSWER_TOKENS = 96
 
 
 def load_images(rows: list[dict], root: Path, processor) -> torch.Tensor:
-    return torch.stack([processor(Image.open(root / r["image"]).convert("RGB")) for r in rows])
+    return torch.stack([processor(open_image(root / r["image"], max_pixels=None)) for r in rows])
 
 
 @torch.no_grad()
 def conversation_answers(model, images: torch.Tensor, instructions: list[str], max_new_tokens: int):
     """(answer text, terminated by end_sym) per row, generated under the training template."""
     prompts = [T.conversation_prompt(i) for i in instructions]
-    img_embeds, _ = model.encode_img(images)
-    layout, attention = model.context_layout(prompts, [1] * len(prompts))
-    embeds = P.embed_layout(layout.to(model.device), img_embeds, model.embed_tokens)
-    end = model.end_sym.strip()
-    ids = model.generate_ids(embeds, attention.to(model.device), max_new_tokens=max_new_tokens, stop_strings=[end])
-    tok, out = model.llama_tokenizer, []
-    for row in ids.tolist():
-        if tok.eos_token_id in row:
-            row = row[: row.index(tok.eos_token_id)]
-        raw = tok.decode([i for i in row if i != tok.pad_token_id], skip_special_tokens=False)
-        pos = raw.find(end)
-        out.append((raw[:pos].strip(), True) if pos >= 0 else (raw.strip(), False))
-    return out
+    return model.generate_answers(images, prompts, max_new_tokens=max_new_tokens, do_sample=False,
+                                  stop_strings=[model.end_sym.strip()])
 
 
 def judge_answer(answer: str, terminated: bool, scene) -> dict:
