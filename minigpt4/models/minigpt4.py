@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from minigpt4.common.registry import registry
 from minigpt4.models import checkpoint as ckpt_io
+from minigpt4.models import lora as lora_io
 from minigpt4.models import prompting as P
 from minigpt4.models.feature_cache import FeatureCache
 from minigpt4.models.llm import load_llm, load_tokenizer, parse_dtype
@@ -57,15 +58,16 @@ class MiniGPT4(nn.Module):
             module.requires_grad_(False)
         self._token_cache: dict[str, list[int]] = {}
         self.feature_cache: FeatureCache | None = None
+        self.lora: lora_io.LoraSettings | None = None  # set by add_lora
+        self.adapters: list[nn.Module] = []
         self.train(False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg, device: str | torch.device | None = None) -> "MiniGPT4":
         get = cfg.get
-        if get("lora_r", 0):
-            raise ValueError("model.lora_r > 0: LoRA is not supported; MiniGPT-4 trains only llama_proj")
         device = torch.device(device or get("device") or default_device())
+        lora = lora_io.lora_settings(cfg, device)
         llm_dtype = parse_dtype(get("torch_dtype"), device)
         tokenizer = load_tokenizer(get("llama_model"), get("pad_token", "$$"))
         llm = load_llm(get("llama_model"), device=device, dtype=llm_dtype, low_resource=get("low_resource", False),
@@ -81,6 +83,8 @@ class MiniGPT4(nn.Module):
         model = cls(vision, llm, tokenizer, prompt_list=prompt_list, max_txt_len=get("max_txt_len", 32),
                     end_sym=get("end_sym", "\n"), freeze_vit=get("freeze_vit", True),
                     freeze_qformer=get("freeze_qformer", True))
+        if lora is not None:
+            model.add_lora(lora)
         if get("ckpt"):
             model.load_projection(ckpt_io.require_file(get("ckpt"), "ckpt"))
         if get("feature_cache_size", 0):
@@ -94,6 +98,13 @@ class MiniGPT4(nn.Module):
         model.llama_proj.to(device)
         return model
 
+    def add_lora(self, settings: "lora_io.LoraSettings") -> None:
+        """LoRA adapters on the frozen LLM (see ``minigpt4.models.lora``); they train with ``llama_proj``."""
+        self._lora_tuner = [lora_io.add_lora(self.llama_model, settings)]  # a list: not a registered submodule
+        self.lora = settings
+        self.adapters = lora_io.adapter_layers(self.llama_model)
+        self.train(self.training)
+
     # ------------------------------------------------------------------ checkpoints of the trainable part
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
@@ -102,13 +113,15 @@ class MiniGPT4(nn.Module):
         return {"llm_hidden_size": self.llama_proj.out_features, "feature_dim": self.llama_proj.in_features,
                 "has_qformer": self.vision.has_qformer, "num_image_tokens": self.vision.num_tokens,
                 "llm": getattr(self.llama_model.config, "_name_or_path", ""),
-                "keys": sorted(self.trainable_state_dict())}
+                "keys": sorted(self.trainable_state_dict()),
+                **({"lora": self.lora.to_meta()} if self.lora is not None else {})}
 
     def load_projection(self, path) -> None:
         """Load trainable weights from our safetensors or an original ``pretrained_minigpt4*.pth``:
         every trainable key must be present with the right shape; buffers of the original are ignored."""
         state, meta = ckpt_io.read_trainable(path)
         wanted = self.trainable_state_dict()
+        required = lora_io.check_checkpoint(self.lora, state, meta, wanted, f"model.ckpt {path}")
         present = {k: v for k, v in state.items() if k in wanted}
         if not present:
             raise ckpt_io.CheckpointError(f"model.ckpt {path}: none of the keys {sorted(wanted)} is in the file "
@@ -122,7 +135,7 @@ class MiniGPT4(nn.Module):
         if meta.get("has_qformer", self.vision.has_qformer) != self.vision.has_qformer:
             raise ckpt_io.CheckpointError(f"model.ckpt {path}: trained with has_qformer={meta['has_qformer']}, "
                                           f"this model has has_qformer={self.vision.has_qformer}")
-        ckpt_io.load_into(self, present, tuple(wanted), f"model.ckpt {path}")
+        ckpt_io.load_into(self, present, required, f"model.ckpt {path}")
         skipped = sorted(set(state) - set(present))
         if skipped:
             log.info("model.ckpt: ignored %d non-trainable entries (%s)", len(skipped), ", ".join(skipped[:4]))
@@ -132,6 +145,8 @@ class MiniGPT4(nn.Module):
         super().train(mode)
         for module in self.frozen:
             module.eval()  # frozen parts never switch on dropout
+        for module in self.adapters:
+            module.train(mode)  # LoRA dropout follows the model's mode
         return self
 
     @property
