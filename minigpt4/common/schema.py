@@ -46,6 +46,7 @@ MODEL_KEYS: dict[str, tuple] = {
     "lora_alpha": (int,),
     "lora_dropout": NUM,
     "lora_target_modules": (list,),
+    "chat_template": OPT_STR,
     # text side
     "prompt": (str,),
     "prompt_path": OPT_STR,

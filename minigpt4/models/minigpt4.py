@@ -18,6 +18,7 @@ from minigpt4.common.registry import registry
 from minigpt4.models import checkpoint as ckpt_io
 from minigpt4.models import lora as lora_io
 from minigpt4.models import prompting as P
+from minigpt4.models.chat_template import chat_template_from_config
 from minigpt4.models.feature_cache import FeatureCache
 from minigpt4.models.llm import load_llm, load_tokenizer, parse_dtype
 from minigpt4.models.vision import VisionTower, qformer_config, vision_config
@@ -60,6 +61,7 @@ class MiniGPT4(nn.Module):
         self.feature_cache: FeatureCache | None = None
         self.lora: lora_io.LoraSettings | None = None  # set by add_lora
         self.adapters: list[nn.Module] = []
+        self.chat_template = None  # a TokenizerTemplate: prompts rendered by the LLM tokenizer's own template
         self.train(False)
 
     # ------------------------------------------------------------------ construction
@@ -74,15 +76,19 @@ class MiniGPT4(nn.Module):
                        device_8bit=get("device_8bit", 0), load_in_4bit=get("load_in_4bit", False),
                        device_map=get("device_map"), attn_implementation=get("attn_implementation"))
         vision = build_vision_tower(cfg)
+        template = chat_template_from_config(get("chat_template"), tokenizer)
         prompt_list = []
         if get("prompt_path"):
             from minigpt4.common.config import resolve_path
 
-            prompt_list = P.load_prompt_list(resolve_path(get("prompt_path")), get("prompt_template", "{}"))
+            prompt_list = P.load_prompt_list(resolve_path(get("prompt_path")),
+                                             "{}" if template else get("prompt_template", "{}"))
+            prompt_list = [template.user_prompt(p) for p in prompt_list] if template else prompt_list
             log.info("loaded %d training prompts from %s", len(prompt_list), get("prompt_path"))
         model = cls(vision, llm, tokenizer, prompt_list=prompt_list, max_txt_len=get("max_txt_len", 32),
-                    end_sym=get("end_sym", "\n"), freeze_vit=get("freeze_vit", True),
-                    freeze_qformer=get("freeze_qformer", True))
+                    end_sym=template.end_of_turn if template else get("end_sym", "\n"),
+                    freeze_vit=get("freeze_vit", True), freeze_qformer=get("freeze_qformer", True))
+        model.chat_template = template
         if lora is not None:
             model.add_lora(lora)
         if get("ckpt"):
@@ -198,7 +204,7 @@ class MiniGPT4(nn.Module):
         return self.llama_model.get_input_embeddings()(ids)
 
     def _bos_id(self):
-        return self.llama_tokenizer.bos_token_id
+        return None if self.chat_template is not None else self.llama_tokenizer.bos_token_id  # a template writes its own
 
     def _wrapped(self, prompts, num_tokens: int, batch: int) -> list[list[int]]:
         prompts = prompts if prompts is not None else [None] * batch
@@ -216,6 +222,8 @@ class MiniGPT4(nn.Module):
             prompts = [random.choice(self.prompt_list)] * batch  # one instruction per batch, as the original
         else:
             prompts = samples.get("instruction_input")
+            if self.chat_template is not None and prompts is not None:
+                prompts = [self.chat_template.user_prompt(p) for p in prompts]
         texts = [t + self.end_sym for t in samples["answer"]]
         answers = [ids[: self.max_txt_len]
                    for ids in self.llama_tokenizer(texts, add_special_tokens=False).input_ids]
