@@ -3,6 +3,10 @@
     torchrun --nproc-per-node 2 train.py --cfg-path train_configs/tiny_stage2_lora.yaml --tiny-world tiny_world
     python benchmarks/bench_tiny_world_lora.py --tiny-world tiny_world \\
         --lora-ckpt tiny_world/runs/stage2_lora/tiny/checkpoint_6.safetensors
+    # equal training: the same epoch of both runs
+    python benchmarks/bench_tiny_world_lora.py --tiny-world tiny_world \\
+        --lora-ckpt tiny_world/runs/stage2_lora/tiny/checkpoint_1.safetensors \\
+        --proj-ckpt tiny_world/runs/stage2/tiny/checkpoint_1.safetensors
 
 Both models go through ``minigpt4.tiny_world.evaluate`` (the measurements of the tiny world's report):
 ``eval_configs/tiny_eval.yaml`` (the projection-only stage-2 checkpoint) and ``eval_configs/tiny_eval_lora.yaml``
@@ -47,17 +51,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny-world", type=Path, default=Path("tiny_world"), help="the tiny world folder")
     p.add_argument("--lora-ckpt", required=True, help="the LoRA stage-2 checkpoint to evaluate")
+    p.add_argument("--proj-ckpt", default=None,
+                   help="the projection-only stage-2 checkpoint (default: tiny_eval.yaml's, the last epoch); "
+                        "give the same epoch as --lora-ckpt to compare equal training")
     p.add_argument("--images", type=int, default=200, help="held-out images (default: 200, all)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    out = {"projection_only": evaluate(ROOT / "eval_configs" / "tiny_eval.yaml", args.tiny_world, None, args.images),
+    out = {"projection_only": evaluate(ROOT / "eval_configs" / "tiny_eval.yaml", args.tiny_world, args.proj_ckpt,
+                                       args.images),
            "lora": evaluate(ROOT / "eval_configs" / "tiny_eval_lora.yaml", args.tiny_world, args.lora_ckpt,
                             args.images)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
+    runs = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    runs[f"{Path(args.lora_ckpt).stem} vs {Path(out['projection_only']['checkpoint']).stem}"] = out
+    RESULTS.write_text(json.dumps(runs, indent=1))
     for name, r in out.items():
         print(f"{name:16s} attribute acc {r['attribute_accuracy']:.3f}  malformed {r['malformed_rate']:.3f}  "
               f"description acc {r['description_accuracy']:.3f}  trainable {r['trainable_parameters']}")
