@@ -70,6 +70,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="instruction after the image, or a full prompt containing <ImageHere>; {label} is "
                              "replaced by the image's class name (default: the config's prompt_template with "
                              "'Describe this image in detail.', or the image alone when there is no prompt_template)")
+    parser.add_argument("--template", choices=("auto", "tokenizer"), default="auto",
+                        help="tokenizer: prompt in the LLM tokenizer's own chat template and stop at its end of "
+                             "turn (same as --options model.chat_template=tokenizer) (default: auto = the config's)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=300)
     parser.add_argument("--num-beams", type=int, default=1)

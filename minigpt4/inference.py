@@ -32,7 +32,7 @@ from minigpt4.common.tiny_world_paths import add_tiny_world_arg, check_tiny_worl
 log = logging.getLogger(__name__)
 
 DEFAULT_INSTRUCTION = "Describe this image in detail."
-TEMPLATES = ("auto", "training", "vicuna0", "llama2")
+TEMPLATES = ("auto", "training", "vicuna0", "llama2", "tokenizer")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -59,8 +59,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def add_conversation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Options of the interactive front ends (terminal chat, demo): template and answer budget."""
     parser.add_argument("--template", default="auto", choices=TEMPLATES,
-                        help="conversation template (default: auto = the config's prompt_template if set, "
-                             "else model_type's)")
+                        help="conversation template; tokenizer = the LLM tokenizer's own chat template "
+                             "(default: auto = model.chat_template if set, else the config's prompt_template "
+                             "if set, else model_type's)")
     parser.add_argument("--max-new-tokens", type=int, default=300, help="longest answer in tokens (default: 300)")
     parser.add_argument("--max-length", type=int, default=2000,
                         help="context + answer budget in tokens; older turns are dropped to fit (default: 2000)")
@@ -75,6 +76,8 @@ def option_list(args) -> list[str]:
         options.append("model.load_in_4bit=True")
     if args.device_map:
         options.append(f"model.device_map={args.device_map}")
+    if getattr(args, "template", None) == "tokenizer":
+        options.append("model.chat_template=tokenizer")
     return options
 
 
@@ -166,34 +169,52 @@ def vis_processor_from_config(cfg):
     return build_processor(OmegaConf.create(vis_processor_config(cfg)))
 
 
-def conversation_from_config(model_cfg, template: str = "auto"):
-    """``auto``: the training template when the config has ``prompt_template`` (what a model trained here
-    answers best to), else the original demo's template for ``model_type`` (Vicuna v0 by default)."""
+def conversation_from_config(model_cfg, template: str = "auto", tokenizer=None):
+    """``auto``: the LLM tokenizer's own chat template when the config has ``chat_template: tokenizer``, else
+    the training template when it has ``prompt_template`` (what a model trained here answers best to), else
+    the original demo's template for ``model_type`` (Vicuna v0 by default). ``tokenizer``: the model's
+    (loaded from ``model.llama_model`` when not given and the tokenizer template is chosen)."""
     from minigpt4.common.fields import typed
     from minigpt4.common.sections import ModelConfig
-    from minigpt4.conversation.conversation import CONV_DICT, CONV_VISION_Vicuna0, training_conversation
+    from minigpt4.conversation.conversation import (CONV_DICT, CONV_VISION_Vicuna0, tokenizer_conversation,
+                                                    training_conversation)
 
     if template not in TEMPLATES:
         raise UsageError(f"--template must be one of {TEMPLATES}, got {template!r}")
-    prompt_template = model_cfg.get("prompt_template")
+    model_cfg = typed(ModelConfig, model_cfg, "model")
+    if template == "tokenizer" or (template == "auto" and model_cfg.chat_template == "tokenizer"):
+        return tokenizer_conversation(tokenizer if tokenizer is not None else config_tokenizer(model_cfg))
+    prompt_template = model_cfg.prompt_template
     if template == "training" or (template == "auto" and prompt_template):
         if not prompt_template:
             raise UsageError("--template training needs model.prompt_template in the config")
-        return training_conversation(prompt_template, typed(ModelConfig, model_cfg, "model").end_sym)
-    if template == "llama2" or (template == "auto" and model_cfg.get("model_type") == "pretrain_llama2"):
+        return training_conversation(prompt_template, model_cfg.end_sym)
+    if template == "llama2" or (template == "auto" and model_cfg.model_type == "pretrain_llama2"):
         return CONV_DICT["pretrain_llama2"].copy()
     return CONV_VISION_Vicuna0.copy()
 
 
-def caption_prompt(model_cfg, prompt: str | None = None) -> str | None:
+def config_tokenizer(model_cfg):
+    from minigpt4.models.llm import load_tokenizer
+
+    return load_tokenizer(model_cfg.get("llama_model"), model_cfg.get("pad_token", "$$"))
+
+
+def caption_prompt(model_cfg, prompt: str | None = None, tokenizer=None) -> str | None:
     """The captioning prompt. ``prompt`` containing ``<ImageHere>`` is used as is; other text is the
     instruction after the image. Default: ``prompt_template.format('<Img><ImageHere></Img> Describe this
-    image in detail.')`` when the config has ``prompt_template``, else ``None`` (image only, as stage 1)."""
+    image in detail.')`` when the config has ``prompt_template``, else ``None`` (image only, as stage 1).
+    With ``chat_template: tokenizer`` the user turn goes through the LLM tokenizer's own template instead."""
     from minigpt4.conversation.conversation import IMAGE_MESSAGE
     from minigpt4.models.prompting import IMAGE_PLACEHOLDER
 
     if prompt is not None and IMAGE_PLACEHOLDER in prompt:
         return prompt
+    if model_cfg.get("chat_template") == "tokenizer":
+        from minigpt4.models.chat_template import TokenizerTemplate
+
+        text = f"{IMAGE_MESSAGE} {prompt if prompt is not None else DEFAULT_INSTRUCTION}"
+        return TokenizerTemplate(tokenizer if tokenizer is not None else config_tokenizer(model_cfg)).user_prompt(text)
     template = model_cfg.get("prompt_template")
     if prompt is None and not template:
         return None

@@ -94,11 +94,13 @@ class ModelConfig:
     device_map: Any = key(None, "accelerate placement of the LLM, e.g. auto", types=(str, dict, NoneType))
     torch_dtype: Optional[str] = key(None, "LLM dtype (default: fp16 on CUDA, fp32 on CPU)", choices=DTYPES)
     attn_implementation: Optional[str] = key(None, "transformers attention kernel, e.g. sdpa or eager")
-    lora_r: int = key(0, "LoRA rank (0: off; LoRA is not supported: MiniGPT-4 trains only llama_proj)", ge=0)
-    lora_alpha: int = key(16, "LoRA scale", compat="LoRA is off (lora_r: 0)")
-    lora_dropout: float = key(0.05, "LoRA dropout", compat="LoRA is off (lora_r: 0)")
-    lora_target_modules: Any = key(None, "LoRA target modules", types=(list, NoneType),
-                                   compat="LoRA is off (lora_r: 0)")
+    lora_r: int = key(0, "LoRA rank on the LLM through peft (0: off, only llama_proj trains)", ge=0)
+    lora_alpha: Optional[int] = key(None, "LoRA scale alpha (null: equal to lora_r)", gt=0)
+    lora_dropout: float = key(0.05, "LoRA dropout, in [0, 1)", ge=0)
+    lora_target_modules: Any = key(None, "LLM modules that get LoRA layers (null: q_proj and v_proj)",
+                                   types=(list, NoneType))
+    chat_template: Optional[str] = key(None, "tokenizer: prompts in the LLM tokenizer's own chat template",
+                                       choices=(None, "tokenizer"))
     # text
     prompt: str = key("", "the original's fixed prompt",
                       compat="instructions come from prompt_path and prompt_template")

@@ -3,7 +3,7 @@
 ``CONV_VISION_Vicuna0`` and ``CONV_VISION_LLama2`` render byte for byte as the original demo's; note they
 differ from the training prompts (system preamble, no space before ``###``). ``training_conversation``
 renders the exact training template (``prompt_template`` + ``end_sym``), which is what models trained
-here answer best to.
+here answer best to. ``tokenizer_conversation`` renders through the LLM tokenizer's own chat template.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ class SeparatorStyle(Enum):
     SINGLE = auto()  # system + sep, then role + message + sep per turn
     TWO = auto()  # separators alternate between sep and sep2
     TEMPLATE = auto()  # each user turn through prompt_template, each answer followed by sep (end_sym)
+    TOKENIZER = auto()  # the whole conversation through the LLM tokenizer's apply_chat_template (renderer)
 
 
 @dataclasses.dataclass
@@ -47,8 +48,32 @@ class Conversation:
     stop_str: str | None = None  # text that ends an answer; None = EOS only
     skip_next: bool = False
     conv_id: object = None
+    renderer: object = None  # a TokenizerTemplate, for SeparatorStyle.TOKENIZER
+
+    def chat_messages(self) -> tuple[list[dict], bool]:
+        """``[{"role", "content"}]`` for a chat template (consecutive user messages joined by a space, as
+        the training template does) and whether the assistant's turn is open (an empty last message)."""
+        out = [{"role": "system", "content": self.system}] if self.system else []
+        user, open_turn = [], False
+        for role, msg in self.messages:
+            if role == self.roles[0]:
+                user.append(msg)
+                continue
+            if user:
+                out.append({"role": "user", "content": " ".join(user)})
+                user = []
+            if msg is None:
+                open_turn = True
+            else:
+                out.append({"role": "assistant", "content": msg})
+        if user:
+            out.append({"role": "user", "content": " ".join(user)})
+        return out, open_turn
 
     def get_prompt(self) -> str:
+        if self.sep_style == SeparatorStyle.TOKENIZER:
+            messages, open_turn = self.chat_messages()
+            return self.renderer.render(messages, add_generation_prompt=open_turn)
         if self.sep_style == SeparatorStyle.TEMPLATE:
             out, user = self.system, []
             for role, msg in self.messages + [[None, None]]:
@@ -104,6 +129,16 @@ def training_conversation(prompt_template: str = "###Human: {} ###Assistant: ", 
     return Conversation(system="", roles=("Human", "Assistant"), messages=[], offset=0,
                         sep_style=SeparatorStyle.TEMPLATE, sep=end_sym, prompt_template=prompt_template,
                         stop_str=end_sym.strip() or None)
+
+
+def tokenizer_conversation(tokenizer) -> Conversation:
+    """A conversation rendered by the LLM tokenizer's own chat template; answers stop at its end of turn."""
+    from minigpt4.models.chat_template import TokenizerTemplate
+
+    template = TokenizerTemplate(tokenizer, what="--template tokenizer")
+    return Conversation(system="", roles=("user", "assistant"), messages=[], offset=0,
+                        sep_style=SeparatorStyle.TOKENIZER, sep="", renderer=template,
+                        stop_str=template.end_of_turn)
 
 
 class Chat:

@@ -20,7 +20,9 @@ from minigpt4.common.registry import registry
 from minigpt4.common.sections import ModelConfig
 from minigpt4.errors import ConfigError
 from minigpt4.models import checkpoint as ckpt_io
+from minigpt4.models import lora as lora_io
 from minigpt4.models import prompting as P
+from minigpt4.models.chat_template import chat_template_from_config
 from minigpt4.models.feature_cache import FeatureCache
 from minigpt4.models.llm import load_llm, load_tokenizer, parse_dtype
 from minigpt4.models.vision import VisionTower, build_vision_tower  # noqa: F401  (build_vision_tower re-exported)
@@ -57,30 +59,38 @@ class MiniGPT4(nn.Module):
             module.requires_grad_(False)
         self._token_cache: dict[str, list[int]] = {}
         self.feature_cache: FeatureCache | None = None
+        self.lora: lora_io.LoraSettings | None = None  # set by add_lora
+        self.adapters: list[nn.Module] = []
+        self.chat_template = None  # a TokenizerTemplate: prompts rendered by the LLM tokenizer's own template
         self.train(False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, cfg, device: str | torch.device | None = None) -> "MiniGPT4":
         cfg = typed(ModelConfig, cfg, "model")
-        if cfg.lora_r:
-            raise ConfigError("model.lora_r > 0: LoRA is not supported; MiniGPT-4 trains only llama_proj")
         device = torch.device(device or cfg.device or default_device())
+        lora = lora_io.lora_settings(cfg, device)
         llm_dtype = parse_dtype(cfg.torch_dtype, device)
         tokenizer = load_tokenizer(cfg.llama_model, cfg.pad_token)
         llm = load_llm(cfg.llama_model, device=device, dtype=llm_dtype, low_resource=cfg.low_resource,
                        device_8bit=cfg.device_8bit, load_in_4bit=cfg.load_in_4bit,
                        device_map=cfg.device_map, attn_implementation=cfg.attn_implementation)
         vision = build_vision_tower(cfg)
+        template = chat_template_from_config(cfg.chat_template, tokenizer)
         prompt_list = []
         if cfg.prompt_path:
             from minigpt4.common.config import resolve_path
 
-            prompt_list = P.load_prompt_list(resolve_path(cfg.prompt_path), cfg.prompt_template or "{}")
+            prompt_list = P.load_prompt_list(resolve_path(cfg.prompt_path),
+                                             "{}" if template else (cfg.prompt_template or "{}"))
+            prompt_list = [template.user_prompt(p) for p in prompt_list] if template else prompt_list
             log.info("loaded %d training prompts from %s", len(prompt_list), cfg.prompt_path)
         model = cls(vision, llm, tokenizer, prompt_list=prompt_list, max_txt_len=cfg.max_txt_len,
-                    end_sym=cfg.end_sym, freeze_vit=cfg.freeze_vit,
-                    freeze_qformer=cfg.freeze_qformer)
+                    end_sym=template.end_of_turn if template else cfg.end_sym,
+                    freeze_vit=cfg.freeze_vit, freeze_qformer=cfg.freeze_qformer)
+        model.chat_template = template
+        if lora is not None:
+            model.add_lora(lora)
         if cfg.ckpt:
             model.load_projection(ckpt_io.require_file(cfg.ckpt, "ckpt"))
         if cfg.feature_cache_size:
@@ -94,6 +104,13 @@ class MiniGPT4(nn.Module):
         model.llama_proj.to(device)
         return model
 
+    def add_lora(self, settings: "lora_io.LoraSettings") -> None:
+        """LoRA adapters on the frozen LLM (see ``minigpt4.models.lora``); they train with ``llama_proj``."""
+        self._lora_tuner = [lora_io.add_lora(self.llama_model, settings)]  # a list: not a registered submodule
+        self.lora = settings
+        self.adapters = lora_io.adapter_layers(self.llama_model)
+        self.train(self.training)
+
     # ------------------------------------------------------------------ checkpoints of the trainable part
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
@@ -102,13 +119,15 @@ class MiniGPT4(nn.Module):
         return {"llm_hidden_size": self.llama_proj.out_features, "feature_dim": self.llama_proj.in_features,
                 "has_qformer": self.vision.has_qformer, "num_image_tokens": self.vision.num_tokens,
                 "llm": getattr(self.llama_model.config, "_name_or_path", ""),
-                "keys": sorted(self.trainable_state_dict())}
+                "keys": sorted(self.trainable_state_dict()),
+                **({"lora": self.lora.to_meta()} if self.lora is not None else {})}
 
     def load_projection(self, path) -> None:
         """Load trainable weights from our safetensors or an original ``pretrained_minigpt4*.pth``:
         every trainable key must be present with the right shape; buffers of the original are ignored."""
         state, meta = ckpt_io.read_trainable(path, "model.ckpt")
         wanted = self.trainable_state_dict()
+        required = lora_io.check_checkpoint(self.lora, state, meta, wanted, f"model.ckpt {path}")
         present = {k: v for k, v in state.items() if k in wanted}
         if not present:
             raise ckpt_io.CheckpointError(f"model.ckpt {path}: none of the keys {sorted(wanted)} is in the file "
@@ -122,7 +141,7 @@ class MiniGPT4(nn.Module):
         if meta.get("has_qformer", self.vision.has_qformer) != self.vision.has_qformer:
             raise ckpt_io.CheckpointError(f"model.ckpt {path}: trained with has_qformer={meta['has_qformer']}, "
                                           f"this model has has_qformer={self.vision.has_qformer}")
-        ckpt_io.load_into(self, present, tuple(wanted), f"model.ckpt {path}")
+        ckpt_io.load_into(self, present, required, f"model.ckpt {path}")
         skipped = sorted(set(state) - set(present))
         if skipped:
             log.info("model.ckpt: ignored %d non-trainable entries (%s)", len(skipped), ", ".join(skipped[:4]))
@@ -132,6 +151,8 @@ class MiniGPT4(nn.Module):
         super().train(mode)
         for module in self.frozen:
             module.eval()  # frozen parts never switch on dropout
+        for module in self.adapters:
+            module.train(mode)  # LoRA dropout follows the model's mode
         return self
 
     @property
@@ -183,7 +204,7 @@ class MiniGPT4(nn.Module):
         return self.llama_model.get_input_embeddings()(ids)
 
     def _bos_id(self):
-        return self.llama_tokenizer.bos_token_id
+        return None if self.chat_template is not None else self.llama_tokenizer.bos_token_id  # a template writes its own
 
     def _wrapped(self, prompts, num_tokens: int, batch: int) -> list[list[int]]:
         prompts = prompts if prompts is not None else [None] * batch
@@ -201,6 +222,8 @@ class MiniGPT4(nn.Module):
             prompts = [random.choice(self.prompt_list)] * batch  # one instruction per batch, as the original
         else:
             prompts = samples.get("instruction_input")
+            if self.chat_template is not None and prompts is not None:
+                prompts = [self.chat_template.user_prompt(p) for p in prompts]
         texts = [t + self.end_sym for t in samples["answer"]]
         answers = [ids[: self.max_txt_len]
                    for ids in self.llama_tokenizer(texts, add_special_tokens=False).input_ids]
