@@ -131,7 +131,7 @@ def read_hf_blip2_folder(folder: Path, what: str | None = None) -> dict:
     state = {}
     if files:
         for file in files:
-            check_safetensors(file, f"{label(folder, what)}/{file.name}")
+            check_safetensors(file, what)
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
                     if key.startswith(wanted):
@@ -141,8 +141,8 @@ def read_hf_blip2_folder(folder: Path, what: str | None = None) -> dict:
         if not bins:
             raise CheckpointError(f"{label(folder, what)} has neither *.safetensors nor pytorch_model*.bin weights")
         for file in bins:
-            state.update({k: v for k, v in tensor_dict(load_torch(file, f"{label(folder, what)}/{file.name}"),
-                                                       file.name).items() if k.startswith(wanted)})
+            state.update({k: v for k, v in tensor_dict(load_torch(file, what), label(file, what)).items()
+                          if k.startswith(wanted)})
     # older exports keep q_bias/v_bias separately
     for key in [k for k in state if k.endswith("self_attn.q_bias")]:
         prefix = key[: -len("q_bias")]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minigpt4.models.weight_files import CheckpointError, check_safetensors, load_torch, read_json
+from minigpt4.models.weight_files import CheckpointError, check_safetensors, label, load_torch, read_json
 
 # (single file, index of shards), in the order transformers prefers them
 WEIGHT_LAYOUTS = (("model.safetensors", "model.safetensors.index.json"),
@@ -56,18 +56,14 @@ def weight_files(folder: Path, name: str) -> list[Path]:
                           "either); copy the model's weight files into the folder")
 
 
-def check_weight_file(file: Path, name: str) -> list[str]:
+def check_weight_file(file: Path, key: str) -> list[str]:
     """Header check of one weight file (tensor data is not read); returns its keys."""
-    what = f"{name}/{file.name}"
     if file.suffix == ".safetensors":
-        return list(check_safetensors(file, what))
-    return list(_state_keys(load_torch(file, what, mmap=True), what))
-
-
-def _state_keys(raw, what: str):
+        return list(check_safetensors(file, key))
+    raw = load_torch(file, key, mmap=True)
     if not isinstance(raw, dict):
-        raise CheckpointError(f"{what}: expected a state dict, got {type(raw).__name__}")
-    return raw.keys()
+        raise CheckpointError(f"{label(file, key)}: expected a state dict, got {type(raw).__name__}")
+    return list(raw)
 
 
 def check_tokenizer(folder: Path, name: str) -> None:
@@ -106,8 +102,10 @@ def _known_tokenizer(cls: str) -> bool:
     return False
 
 
-def check_causal_lm_folder(folder: Path, name: str) -> dict:
-    """A causal-LM folder for ``AutoModelForCausalLM`` + ``AutoTokenizer``; returns its config.json."""
+def check_causal_lm_folder(folder: Path, key: str = "model.llama_model") -> dict:
+    """A causal-LM folder for ``AutoModelForCausalLM`` + ``AutoTokenizer``; returns its config.json. Messages
+    name ``key`` and the folder (or the file inside it)."""
+    name = label(folder, key)
     config = read_config(folder, name)
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -115,14 +113,15 @@ def check_causal_lm_folder(folder: Path, name: str) -> dict:
         raise CheckpointError(f"{name}: model_type {config['model_type']!r} is not a causal language model "
                               "(AutoModelForCausalLM cannot load it)")
     for file in weight_files(folder, name):
-        check_weight_file(file, name)
+        check_weight_file(file, key)
     check_tokenizer(folder, name)
     return config
 
 
-def check_blip2_folder(folder: Path, name: str) -> dict:
+def check_blip2_folder(folder: Path, key: str = "model.q_former_model") -> dict:
     """A Hugging Face BLIP-2 folder read for its ``vision_model``/``qformer``/``query_tokens`` weights (any
     ``*.safetensors``, else ``pytorch_model*.bin``, as :func:`minigpt4.models.convert.read_hf_blip2_folder`)."""
+    name = label(folder, key)
     config = read_config(folder, name)
     if config["model_type"] != "blip-2":
         raise CheckpointError(f"{name}: config.json has model_type {config['model_type']!r}; a BLIP-2 folder "
@@ -130,7 +129,7 @@ def check_blip2_folder(folder: Path, name: str) -> dict:
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
     if not files:
         raise CheckpointError(f"{name}: no weights (*.safetensors or pytorch_model*.bin)")
-    keys = [k for file in files for k in check_weight_file(file, name)]
+    keys = [k for file in files for k in check_weight_file(file, key)]
     if not any(k.startswith("qformer.") for k in keys):
         raise CheckpointError(f"{name}: its weights hold no qformer.* tensors; not a BLIP-2 checkpoint")
     return config

@@ -6,6 +6,7 @@ one-line :class:`CheckpointError` naming the file.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -73,13 +74,18 @@ def require_folder(path, key: str, section: str = "model") -> Path:
     return p
 
 
-def _plain_file(path: Path, name: str) -> int:
+def _plain_file(path: Path, name: str, n: int) -> tuple[int, bytes]:
+    """(size, first ``n`` bytes) of a readable, non-empty file."""
     if path.is_dir():
         raise CheckpointError(f"{name} is a folder, not a checkpoint file")
     size = path.stat().st_size
     if size == 0:
         raise CheckpointError(f"{name} is empty")
-    return size
+    try:
+        with open(path, "rb") as f:
+            return size, f.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"{name} cannot be read ({exc.strerror or exc})") from None
 
 
 def load_torch(path: Path, what: str | None = None, *, mmap: bool = False):
@@ -91,9 +97,7 @@ def load_torch(path: Path, what: str | None = None, *, mmap: bool = False):
 
     path = Path(path)
     name = label(path, what)
-    _plain_file(path, name)
-    with open(path, "rb") as f:
-        head = f.read(4)
+    _, head = _plain_file(path, name, 4)
     is_zip = head == _ZIP_MAGIC
     if not is_zip and head[0] != _PICKLE_PROTO:
         raise CheckpointError(f"{name}: not a plain tensor checkpoint: neither a PyTorch zip archive nor a pickle "
@@ -103,11 +107,8 @@ def load_torch(path: Path, what: str | None = None, *, mmap: bool = False):
             zipfile.ZipFile(path).close()  # reads only the central directory: finds a cut-off archive
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and is_zip)
     except pickle.UnpicklingError as exc:
-        text = str(exc)
-        why = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0] \
-            if "WeightsUnpickler error:" in text else (text.strip().splitlines() or [type(exc).__name__])[0]
         raise CheckpointError(f"{name}: not a plain tensor checkpoint (refused by weights_only loading: "
-                              f"{why[:200]})") from None
+                              f"{_refusal(str(exc))})") from None
     except (EOFError, zipfile.BadZipFile) as exc:
         raise CheckpointError(f"{name}: truncated or not a PyTorch checkpoint ({type(exc).__name__})") from None
     except RuntimeError as exc:
@@ -119,9 +120,19 @@ def load_torch(path: Path, what: str | None = None, *, mmap: bool = False):
             raise CheckpointError(f"{name}: not a plain tensor checkpoint (a pickle without torch's header, "
                                   "not written by torch.save)") from None
         raise
-    except OSError as exc:  # the zip reader on a damaged archive, or a file that cannot be read
-        raise CheckpointError(f"{name}: cannot be read ({exc.strerror or exc}); truncated or not a PyTorch "
-                              "checkpoint?") from None
+    except OSError as exc:  # torch's zip reader on a damaged archive (EINVAL), or a read that failed
+        hint = "; truncated or not a PyTorch checkpoint" if exc.errno == errno.EINVAL else ""
+        raise CheckpointError(f"{name} cannot be read ({exc.strerror or exc}){hint}") from None
+
+
+def _refusal(text: str) -> str:
+    """The reason inside torch's weights_only refusal (e.g. "unsupported GLOBAL posix.system"), without its
+    boilerplate paragraphs."""
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
+    parts = [p.strip() for p in text.split("\n\n") if p.strip() and not p.strip().startswith(boilerplate)]
+    return parts[0].splitlines()[0][:200] if parts else "content other than tensors"
 
 
 def check_safetensors(path: Path, what: str | None = None) -> dict[str, tuple[int, ...]]:
@@ -131,14 +142,13 @@ def check_safetensors(path: Path, what: str | None = None) -> dict[str, tuple[in
 
     path = Path(path)
     name = label(path, what)
-    size = _plain_file(path, name)
+    size, head = _plain_file(path, name, 8)
     if size < 8:
         raise CheckpointError(f"{name}: {size} bytes, too short for a safetensors file (truncated?)")
-    with open(path, "rb") as f:
-        claimed = int.from_bytes(f.read(8), "little")
+    claimed = int.from_bytes(head, "little")
     if claimed > SAFETENSORS_MAX_HEADER:
         raise CheckpointError(f"{name}: not a safetensors file: its header claims {_human(claimed)} (the format "
-                              f"allows {_human(SAFETENSORS_MAX_HEADER)}; random bytes or another format)")
+                              f"allows {SAFETENSORS_MAX_HEADER:,} bytes; random bytes or another format)")
     if claimed > size - 8:
         raise CheckpointError(f"{name}: truncated or not a safetensors file: its header claims "
                               f"{_human(claimed)} but the whole file is {_human(size)}")

@@ -30,7 +30,7 @@ def check_model_files(model_cfg, frozen_parts: bool | None = None) -> int | None
 def check_frozen_files(model_cfg) -> int | None:
     get = model_cfg.get
     folder = require_folder(get("llama_model"), "llama_model")
-    config = check_causal_lm_folder(folder, f"model.llama_model {folder}")
+    config = check_causal_lm_folder(folder, "model.llama_model")
     qsrc = get("q_former_model") if get("has_qformer", True) else None
     blip2_folder = False
     if qsrc:
@@ -40,7 +40,7 @@ def check_frozen_files(model_cfg) -> int | None:
         check_blip2_source(path)
         blip2_folder = path.is_dir()
         if blip2_folder:
-            check_blip2_folder(path, f"model.q_former_model {path}")
+            check_blip2_folder(path, "model.q_former_model")
         else:
             _require_keys(path, "q_former_model", ("model",), ("Qformer.", "query_tokens"), "a BLIP-2 checkpoint")
     if get("vit_ckpt"):
