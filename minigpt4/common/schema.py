@@ -31,6 +31,9 @@ MODEL_KEYS: dict[str, tuple] = {
     "qformer_config": (dict, type(None)),
     "q_former_model": OPT_STR,
     "feature_cache_size": (int,),
+    # training throughput (minigpt4.models.lm_loss): exact shortcuts, off = the original's computation
+    "sequence_packing": (bool,),
+    "label_logits_only": (bool,),
     # projection checkpoint
     "ckpt": OPT_STR,
     # LLM
@@ -67,6 +70,7 @@ DATASET_KEYS: dict[str, tuple] = {
     "shuffle_buffer": (int,),
     "num_workers": (int,),
     "max_image_pixels": OPT_INT,
+    "feature_store": OPT_STR,
 }
 
 RUN_KEYS: dict[str, tuple] = {

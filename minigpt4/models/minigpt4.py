@@ -16,6 +16,7 @@ from torch.nn import functional as F
 
 from minigpt4.common.registry import registry
 from minigpt4.models import checkpoint as ckpt_io
+from minigpt4.models import lm_loss
 from minigpt4.models import prompting as P
 from minigpt4.models.feature_cache import FeatureCache
 from minigpt4.models.llm import load_llm, load_tokenizer, parse_dtype
@@ -57,6 +58,8 @@ class MiniGPT4(nn.Module):
             module.requires_grad_(False)
         self._token_cache: dict[str, list[int]] = {}
         self.feature_cache: FeatureCache | None = None
+        self.sequence_packing = False  # see minigpt4.models.lm_loss (set by from_config)
+        self.label_logits_only = False
         self.train(False)
 
     # ------------------------------------------------------------------ construction
@@ -87,6 +90,10 @@ class MiniGPT4(nn.Module):
             if not model.vision_frozen:
                 raise ValueError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
             model.feature_cache = FeatureCache(get("feature_cache_size"))
+        model.sequence_packing = bool(get("sequence_packing", False))
+        model.label_logits_only = bool(get("label_logits_only", False))
+        if model.label_logits_only:
+            lm_loss.check_label_logits_only(llm)
         vit_fp16 = get("vit_precision", "fp16") == "fp16" and get("freeze_vit", True) and device.type == "cuda"
         model.vision.to(device)
         if vit_fp16:
@@ -213,6 +220,12 @@ class MiniGPT4(nn.Module):
     def forward(self, samples: dict, reduction: str = "mean") -> dict:
         batch = self.training_inputs(samples)
         labels = batch["labels"]
+        if reduction == "mean" and (self.sequence_packing or self.label_logits_only):
+            with self.maybe_autocast():
+                loss = lm_loss.causal_lm_loss(self.llama_model, batch["inputs_embeds"], batch["attention_mask"],
+                                              labels, packing=self.sequence_packing,
+                                              label_logits_only=self.label_logits_only)
+            return {"loss": loss, "num_tokens": (labels[:, 1:] != P.IGNORE_INDEX).sum()}
         with self.maybe_autocast():
             out = self.llama_model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                    labels=labels if reduction == "mean" else None, return_dict=True)
