@@ -94,10 +94,7 @@ class MiniGPT4(nn.Module):
         model.label_logits_only = bool(get("label_logits_only", False))
         if model.label_logits_only:
             lm_loss.check_label_logits_only(llm)
-        vit_fp16 = get("vit_precision", "fp16") == "fp16" and get("freeze_vit", True) and device.type == "cuda"
-        model.vision.to(device)
-        if vit_fp16:
-            model.vision.vision_model.half()
+        place_vision_tower(model.vision, cfg, device)
         model.llama_proj.to(device)
         return model
 
@@ -297,6 +294,15 @@ class MiniGPT4(nn.Module):
         stops = gen_kwargs.pop("stop_strings", None)
         out = self.generate_ids(embeds, attention, stop_strings=stops, **gen_kwargs)
         return [self.decode(row, stops) for row in out]
+
+
+def place_vision_tower(tower: VisionTower, cfg, device: torch.device) -> VisionTower:
+    """Move the tower to ``device``; a frozen ViT runs in fp16 on CUDA unless ``vit_precision`` says fp32."""
+    get = cfg.get
+    tower.to(device)
+    if get("vit_precision", "fp16") == "fp16" and get("freeze_vit", True) and device.type == "cuda":
+        tower.vision_model.half()
+    return tower
 
 
 def build_vision_tower(cfg) -> VisionTower:
