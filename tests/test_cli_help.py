@@ -32,6 +32,8 @@ ENTRY_POINTS = {
                          ["--labels", "--list", "{label}", "--tiny-world DIR"]),
     "minigpt4.serve": ("runpy.run_module('minigpt4.serve', run_name='__main__')", ["--max-batch-size", "--port"]),
     "minigpt4.curate": ("runpy.run_module('minigpt4.curate', run_name='__main__')", ["--stages", "--fixer"]),
+    "minigpt4.features": ("runpy.run_module('minigpt4.features', run_name='__main__')",
+                          ["extract", "--nproc-per-node", "feature_store", "deterministic"]),
     "minigpt4.gpt4image.embed": ("runpy.run_module('minigpt4.gpt4image.embed', run_name='__main__')",
                                  ["--descriptions", "--encoder"]),
 }

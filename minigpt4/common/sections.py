@@ -82,6 +82,9 @@ class ModelConfig:
                               types=(dict, NoneType), check=qformer_keys)
     q_former_model: Optional[str] = key(None, "BLIP-2 weights (.pth) or a Hugging Face BLIP-2 folder")
     feature_cache_size: int = key(0, "vision features kept per image key (0: off; needs a frozen tower)", ge=0)
+    # training throughput (minigpt4.models.lm_loss): exact shortcuts, off = the original's computation
+    sequence_packing: bool = key(False, "pack the batch's samples into one row (padding-free attention)")
+    label_logits_only: bool = key(False, "LM head + cross-entropy only where the next token is a label")
     # projection
     ckpt: Optional[str] = key(None, "trained llama_proj weights (.safetensors or the original .pth)")
     # LLM
@@ -213,6 +216,7 @@ class DatasetConfig:
     shuffle_buffer: int = key(1000, "webdataset shuffle buffer in samples (0: no shuffle)", ge=0)
     num_workers: Optional[int] = key(None, "DataLoader workers of this dataset (default: run.num_workers)", ge=0)
     max_image_pixels: Optional[int] = key(DEFAULT_MAX_IMAGE_PIXELS, "refuse larger images (null: Pillow's own limit)", ge=1)
+    feature_store: Optional[str] = key(None, "folder of python -m minigpt4.features extract (null: read pixels)")
 
 
 def check_dataset(section: str, cfg, cls, warn_compat: bool = False) -> None:

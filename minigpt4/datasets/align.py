@@ -95,6 +95,12 @@ class CCSBUAlignDataset(Dataset):
     def load(self, index: int, seed: int | None = None) -> dict:
         """The sample, or :class:`SkipSample` when its image cannot be read or is too large."""
         ann = self.annotations[index]
+        store = getattr(self, "feature_store", None)
+        if store is not None:  # the frozen tower's output, stored by minigpt4.features
+            features = store.get(str(ann["image_id"]))
+            if features is None:
+                raise skips.SkipSample(skips.MISSING_IMAGE, f"{ann['path']}: not in the feature store {store.folder}")
+            return {"image_features": features, "answer": ann["caption"], "image_id": ann["running_id"]}
         try:
             image = open_image(ann["path"], max_pixels=self.max_image_pixels)
         except FileNotFoundError as exn:

@@ -5,7 +5,8 @@ Registered names as in the original: ``laion`` and ``cc_sbu`` (webdataset shards
 and ranges, are declared by ``minigpt4.common.sections.DatasetConfig`` (a builder declares its own as
 ``CONFIG``): ``build_info.storage``, ``vis_processor.train``, ``text_processor.train``, ``resampled``,
 ``shuffle_buffer``, ``sample_ratio``, ``batch_size`` / ``num_workers`` (optional per-dataset overrides),
-``max_image_pixels`` (null: Pillow's own limit only).
+``max_image_pixels`` (null: Pillow's own limit only),
+``feature_store`` (a folder written by ``python -m minigpt4.features extract``; default none: pixels).
 """
 from __future__ import annotations
 
@@ -71,8 +72,20 @@ class BaseDatasetBuilder:
     def build(self):
         raise NotImplementedError
 
+    def attach_feature_store(self, dataset):
+        """``feature_store``: read the frozen tower's outputs from that store instead of decoding images."""
+        folder = self.config.get("feature_store", None)
+        if folder:
+            from minigpt4.features.store import FeatureStore
+
+            store = FeatureStore(resolve_path(folder), where=self._key("feature_store"))
+            store.check_processor(OmegaConf.select(self.config, "vis_processor.train"),
+                                  self._key("vis_processor.train"))
+            dataset.feature_store = store
+        return dataset
+
     def build_datasets(self) -> dict:
-        return {"train": self._annotate(self.build())}
+        return {"train": self._annotate(self.attach_feature_store(self.build()))}
 
 
 class WebImageTextBuilder(BaseDatasetBuilder):

@@ -276,6 +276,25 @@ def process_samples(src, vis_processor, text_processor, stream_seed: int, counte
         yield sample["__index__"], {"image": pixels, "answer": answer}
 
 
+def store_key(url: str, key: str) -> str:
+    """A sample's key in a feature store: ``<shard file name>/<sample key>``."""
+    return f"{url.rsplit('/', 1)[-1]}/{key}"
+
+
+def stored_features(src, store, text_processor, counter: skips.SkipCounter):
+    """``image_features`` from a :class:`~minigpt4.features.store.FeatureStore` keyed ``<shard>/<key>``;
+    a sample the extraction left out (unreadable image) is counted as it was there."""
+    for sample in src:
+        features = store.get(store_key(sample["__url__"], sample["__key__"]))
+        if features is None:
+            counter.add(skips.BAD_IMAGE, f"{sample['__url__']}:{sample['__key__']}: not in the feature store")
+            continue
+        counter.last_good = sample["__index__"]
+        caption = sample["__caption__"]
+        answer = text_processor(caption) if text_processor is not None else caption
+        yield sample["__index__"], {"image_features": features, "answer": answer}
+
+
 def _constant(value):
     return value
 
@@ -332,13 +351,16 @@ class WebImageTextDataset(IterableDataset):
         if self.shuffle_buffer > 1:
             rng = random.Random(mix_seed(stream_seed, 3))
             stages.append(wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng))
-        stages += [
-            partial(number_samples, skip=skip, counter=counter),
-            partial(check_samples, counter=counter),
-            partial(decode_images, max_pixels=self.max_image_pixels, counter=counter),
-            partial(process_samples, vis_processor=self.vis_processor, text_processor=self.text_processor,
-                    stream_seed=stream_seed, counter=counter),
-        ]
+        stages += [partial(number_samples, skip=skip, counter=counter), partial(check_samples, counter=counter)]
+        if getattr(self, "feature_store", None) is not None:  # stored tower outputs instead of pixels
+            stages.append(partial(stored_features, store=self.feature_store, text_processor=self.text_processor,
+                                  counter=counter))
+        else:
+            stages += [
+                partial(decode_images, max_pixels=self.max_image_pixels, counter=counter),
+                partial(process_samples, vis_processor=self.vis_processor, text_processor=self.text_processor,
+                        stream_seed=stream_seed, counter=counter),
+            ]
         return iter(wds.DataPipeline(*stages))
 
     def __iter__(self):

@@ -21,6 +21,7 @@ from minigpt4.common.sections import ModelConfig
 from minigpt4.errors import ConfigError
 from minigpt4.models import checkpoint as ckpt_io
 from minigpt4.models import lora as lora_io
+from minigpt4.models import lm_loss
 from minigpt4.models import prompting as P
 from minigpt4.models.chat_template import chat_template_from_config
 from minigpt4.models.feature_cache import FeatureCache
@@ -62,6 +63,8 @@ class MiniGPT4(nn.Module):
         self.lora: lora_io.LoraSettings | None = None  # set by add_lora
         self.adapters: list[nn.Module] = []
         self.chat_template = None  # a TokenizerTemplate: prompts rendered by the LLM tokenizer's own template
+        self.sequence_packing = False  # see minigpt4.models.lm_loss (set by from_config)
+        self.label_logits_only = False
         self.train(False)
 
     # ------------------------------------------------------------------ construction
@@ -97,10 +100,11 @@ class MiniGPT4(nn.Module):
             if not model.vision_frozen:
                 raise ConfigError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
             model.feature_cache = FeatureCache(cfg.feature_cache_size)
-        vit_fp16 = cfg.vit_precision == "fp16" and cfg.freeze_vit and device.type == "cuda"
-        model.vision.to(device)
-        if vit_fp16:
-            model.vision.vision_model.half()
+        model.sequence_packing = cfg.sequence_packing
+        model.label_logits_only = cfg.label_logits_only
+        if model.label_logits_only:
+            lm_loss.check_label_logits_only(llm)
+        place_vision_tower(model.vision, cfg, device)
         model.llama_proj.to(device)
         return model
 
@@ -236,6 +240,12 @@ class MiniGPT4(nn.Module):
     def forward(self, samples: dict, reduction: str = "mean") -> dict:
         batch = self.training_inputs(samples)
         labels = batch["labels"]
+        if reduction == "mean" and (self.sequence_packing or self.label_logits_only):
+            with self.maybe_autocast():
+                loss = lm_loss.causal_lm_loss(self.llama_model, batch["inputs_embeds"], batch["attention_mask"],
+                                              labels, packing=self.sequence_packing,
+                                              label_logits_only=self.label_logits_only)
+            return {"loss": loss, "num_tokens": (labels[:, 1:] != P.IGNORE_INDEX).sum()}
         with self.maybe_autocast():
             out = self.llama_model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
                                    labels=labels if reduction == "mean" else None, return_dict=True)
@@ -358,3 +368,10 @@ class MiniGPT4(nn.Module):
         """Batched generation (see :meth:`generate_answers`): the text per row."""
         return [text for text, _ in self.generate_answers(images, prompts, **gen_kwargs)]
 
+def place_vision_tower(tower: VisionTower, cfg, device: torch.device) -> VisionTower:
+    """Move the tower to ``device``; a frozen ViT runs in fp16 on CUDA unless ``vit_precision`` says fp32."""
+    cfg = typed(ModelConfig, cfg, "model")
+    tower.to(device)
+    if cfg.vit_precision == "fp16" and cfg.freeze_vit and device.type == "cuda":
+        tower.vision_model.half()
+    return tower

@@ -80,6 +80,9 @@ class RunnerBase:
         self.output_dir = ensure_writable(Path(output_dir) if output_dir else job_folder(run, job_id))
         self.amp_dtype, self.scaler = self._setup_amp()
         self._loader = loader
+        from minigpt4.features.store import check_stores
+
+        check_stores(model, datasets or {})  # stored vision features must come from this model's tower
         self._last_good = None  # (resume file, global step) of the last complete checkpoint
 
     # ------------------------------------------------------------------ setup

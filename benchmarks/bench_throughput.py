@@ -1,0 +1,257 @@
+"""Training throughput with and without the exact shortcuts, from pixels and from a feature store,
+plus captioning with continuous batching (``bench_caption_continuous.py``, when present).
+
+    python benchmarks/bench_throughput.py --out benchmarks/results/throughput.json [--quick]
+
+Model (random weights, built here, nothing downloaded): ViT 256x6 (224 px, patch 14), Q-Former 256x4
+with 32 queries, Llama 512x8 (intermediate 1376, Llama-2's 32,000-token vocabulary; the golden
+fixture's tokenizer writes the captions), fp32 on CPU, 2 threads, batch 8, stage-1 layout (no prompt,
+``max_txt_len`` 32). Data: a cc_sbu_align-style folder of 384 px JPEGs whose captions mix short and
+long alt-texts (half of 4-8 tokens, a quarter of 12-20, a quarter cut at 32), read through the library's
+training loader (``num_workers`` 0) with ``blip2_image_eval``, so "from pixels" includes JPEG decoding and
+resizing. Every configuration trains on the same batches; the configurations are run alternately
+(ABAB...) for ``--rounds`` rounds and their median samples/s compared as ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+TOKENIZER = ROOT / "tests/fixtures/minigpt4_tiny/llm"
+BATCH = 8
+COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
+SHAPES = ["circle", "square", "triangle", "bar", "star", "ring"]
+PLACES = ["next to", "above", "below", "left of", "right of"]
+# name -> (sequence_packing, label_logits_only, feature store)
+CONFIGS = {"faithful": (False, False, False), "packing": (True, False, False), "label_logits": (False, True, False),
+           "packing+label_logits": (True, True, False), "packing+label_logits+store": (True, True, True),
+           "faithful+store": (False, False, True)}
+
+
+def build_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from minigpt4.models import MiniGPT4, VisionTower
+    from minigpt4.models.llm import load_tokenizer
+    from minigpt4.models.vision import qformer_config, vision_config
+
+    torch.manual_seed(0)
+    vit = vision_config({"hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 6,
+                         "num_attention_heads": 4, "patch_size": 14}, image_size=224)
+    qf = qformer_config({"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+                         "intermediate_size": 1024, "cross_attention_frequency": 2}, vit.hidden_size)
+    tower = VisionTower(vit, qf, 32).eval()
+    llm = LlamaForCausalLM(LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376,
+                                       num_hidden_layers=8, num_attention_heads=8, max_position_embeddings=512,
+                                       bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                       attn_implementation="sdpa")).eval()
+    tokenizer = load_tokenizer(str(TOKENIZER))
+    model = MiniGPT4(tower, llm, tokenizer, max_txt_len=32, end_sym="\n")
+    model.train()
+    return model
+
+
+def caption(rng: random.Random, kind: str) -> str:
+    def thing():
+        return f"a {rng.choice(COLOURS)} {rng.choice(SHAPES)}"
+
+    if kind == "short":
+        return thing()
+    n = 2 if kind == "medium" else 5
+    parts = [thing()]
+    for _ in range(n - 1):
+        parts.append(f"{rng.choice(PLACES)} {thing()}")
+    return " ".join(parts) + (" on a white background, drawn with a thick pen" if kind == "long" else "")
+
+
+def write_data(root: Path, n: int, seed: int = 0) -> Path:
+    from shard_utils import jpeg_bytes
+
+    rng = random.Random(seed)
+    (root / "image").mkdir(parents=True, exist_ok=True)
+    anns = []
+    for i in range(n):
+        kind = rng.choices(["short", "medium", "long"], weights=[2, 1, 1])[0]
+        anns.append({"image_id": 1000 + i, "caption": caption(rng, kind)})
+        (root / "image" / f"{1000 + i}.jpg").write_bytes(jpeg_bytes(rng, 384))
+    (root / "filter_cap.json").write_text(json.dumps({"annotations": anns}))
+    return root
+
+
+def dataset(root: Path, store: Path | None):
+    from omegaconf import OmegaConf
+
+    import minigpt4  # noqa: F401
+    from minigpt4.common.registry import registry
+
+    block = {"build_info": {"storage": str(root)}, "vis_processor": {"train": {"name": "blip2_image_eval"}}}
+    if store is not None:
+        block["feature_store"] = str(store)
+    builder = registry.get_builder_class("cc_sbu_align")(OmegaConf.create(block))
+    return builder, builder.build_datasets()["train"]
+
+
+def matmul_peak(n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = 0.0
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
+    return best
+
+
+class Trainer:
+    """One configuration: its loader (same seed, hence the same batches) and the training step."""
+
+    def __init__(self, model, datasets, name):
+        self.model, self.name = model, name
+        self.packing, self.label_only, self.store = CONFIGS[name]
+        self.ds = datasets[self.store]
+        self.opt = torch.optim.AdamW([model.llama_proj.weight, model.llama_proj.bias], lr=1e-6)
+
+    def loader(self):
+        from minigpt4.datasets import build_train_loader
+
+        return build_train_loader({"cc_sbu_align": self.ds}, batch_size=BATCH, num_workers=0, seed=0)
+
+    def step(self, batch) -> float:
+        self.model.sequence_packing, self.model.label_logits_only = self.packing, self.label_only
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.model(batch)["loss"]
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def run(self, steps: int, warm_up: bool) -> float:
+        """samples/s over ``steps`` steps, data loading included (after one untimed step in the first round)."""
+        loader = self.loader()
+        if warm_up:
+            self.step(next(loader))
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.step(next(loader))
+        loader.close()
+        return steps * BATCH / (time.perf_counter() - t)
+
+
+def losses_and_grads(model, trainers, batches_by_store):
+    """Loss and llama_proj gradient of every configuration on the same first batches (no update)."""
+    out = {}
+    for tr in trainers:
+        model.sequence_packing, model.label_logits_only = tr.packing, tr.label_only
+        vals, grads = [], []
+        for batch in batches_by_store[tr.store]:
+            model.zero_grad(set_to_none=True)
+            loss = model(batch)["loss"]
+            loss.backward()
+            vals.append(loss.item())
+            grads.append(model.llama_proj.weight.grad.clone())
+        out[tr.name] = (vals, grads)
+    return out
+
+
+def step_flops(trainer, batch) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        trainer.step(batch)
+    return counter.get_total_flops()
+
+
+def caption_figures(quick: bool) -> dict:
+    try:
+        import bench_caption_continuous
+    except ImportError as exn:
+        return {"caption_bench": f"missing: benchmarks/bench_caption_continuous.py ({exn})",
+                "caption_speedup_continuous_b8_vs_b1": None, "caption_texts_identical": None}
+    return {"caption_bench": "benchmarks/bench_caption_continuous.py", **bench_caption_continuous.run(quick=quick)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/throughput.json"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
+    ap.add_argument("--quick", action="store_true", help="1 round of 2 steps (a smoke run, not for figures)")
+    args = ap.parse_args()
+    if args.quick:
+        args.rounds, args.steps = 1, 2
+    torch.set_num_threads(args.threads)
+    from minigpt4.features.extract import extract
+
+    model = build_model()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_throughput_"))
+    n = BATCH * (args.steps + 1)
+    root = write_data(tmp / "data", n)
+    builder, plain = dataset(root, None)
+    vis, _ = builder.build_processors()
+    t = time.perf_counter()
+    extract(model.vision, plain, vis, {"name": "blip2_image_eval"}, tmp / "store", batch_size=BATCH)
+    extract_s = time.perf_counter() - t
+    _, stored = dataset(root, tmp / "store")
+    trainers = [Trainer(model, {False: plain, True: stored}, name) for name in CONFIGS]
+
+    first = {s: [next(tr.loader()) for tr in trainers if tr.store == s][0] for s in (False, True)}
+    lengths = model.training_inputs(first[False])["attention_mask"].sum(1).tolist()
+    checks = losses_and_grads(model, trainers, {s: [first[s]] for s in first})
+    ref_loss, ref_grad = checks["faithful"][0][0], checks["faithful"][1][0]
+    loss_diff = {k: abs(v[0][0] - ref_loss) for k, v in checks.items()}
+    grad_diff = {k: (v[1][0] - ref_grad).abs().max().item() for k, v in checks.items()}
+
+    rates = {name: [] for name in CONFIGS}
+    for r in range(args.rounds):  # ABAB...: every configuration once per round, in the same order
+        for tr in trainers:
+            rates[tr.name].append(tr.run(args.steps, warm_up=r == 0))
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    peak = matmul_peak()
+    counted = ("faithful", "packing+label_logits", "packing+label_logits+store")
+    flops = {tr.name: step_flops(tr, first[tr.store]) for tr in trainers if tr.name in counted}
+    util = {k: flops[k] * median[k] / BATCH / peak for k in counted}
+    best = "packing+label_logits"
+    result = {
+        "setup": {"vit": "256x6 (224 px, patch 14)", "qformer": "256x4, 32 queries", "llm": "Llama 512x8, vocab 32000",
+                  "batch": BATCH, "dtype": "float32", "threads": args.threads, "rounds": args.rounds,
+                  "steps_per_round": args.steps, "configurations_in_round_order": list(CONFIGS), "sequence_lengths_first_batch": [int(x) for x in lengths]},
+        "train_samples_per_s": median,
+        "train_samples_per_s_rounds": rates,
+        "train_speedup_vs_faithful": median[best] / median["faithful"],
+        "train_speedup_vs_faithful_each": {k: median[k] / median["faithful"] for k in CONFIGS},
+        "feature_store_speedup": median[best + "+store"] / median[best],
+        "feature_store_speedup_faithful_llm": median["faithful+store"] / median["faithful"],
+        "store_and_shortcuts_vs_faithful_pixels": median[best + "+store"] / median["faithful"],
+        "feature_store_extract_s": extract_s,
+        "loss_max_abs_diff": max(loss_diff.values()),
+        "loss_abs_diff_each": loss_diff,
+        "grad_max_abs_diff_each": grad_diff,
+        "flops_per_step": flops,
+        "matmul_peak_gflops": peak / 1e9,
+        "flop_utilisation": util,
+        "useful_flop_utilisation_vs_faithful_work": {k: flops["faithful"] * median[k] / BATCH / peak for k in CONFIGS},
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    result.update(caption_figures(args.quick))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
