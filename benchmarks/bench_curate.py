@@ -5,7 +5,7 @@ a whole curation run on the tiny world's stage-1 model.
     python benchmarks/bench_curate.py --tiny-world tiny_world --num-images 200
 
 Fixer: ``--rows`` paragraphs through the ``openai`` fixer at concurrency 1, 4 and 8 against the test
-server (``tests/openai_test_server.py``) answering each request after ``--latency`` seconds; reports rows/s
+server (``minigpt4/testing/openai_server.py``) answering each request after ``--latency`` seconds; reports rows/s
 and the speed-up over concurrency 1 (a remote API's latency dominates, so the limit sets the throughput).
 Tiny world: ``python -m minigpt4.curate`` stages through the Python API with the ``rules`` fixer on N random
 training images, seconds per stage and the summary. Writes ``benchmarks/results/curate.json``.
@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,11 +25,9 @@ RESULTS = ROOT / "benchmarks" / "results" / "curate.json"
 
 
 def bench_fixer(rows: int, latency: float) -> dict:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from curate_helpers import PARAGRAPH, described_workdir
-    from openai_test_server import ChatServer
-
     from minigpt4 import curate
+    from minigpt4.testing.curation import PARAGRAPH, described_workdir
+    from minigpt4.testing.openai_server import ChatServer
 
     os.environ["BENCH_CURATE_KEY"] = "unused-local-key"
     out = {"rows": rows, "latency_s": latency, "by_concurrency": {}}

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from argparse import Namespace
@@ -44,8 +43,7 @@ def load_describer(tiny_world: Path | None):
                          low_resource=False, load_in_4bit=False, device_map=None)
         cfg, model, vis, _ = inference.load_model(args)
         return "tiny-world stage 2", cfg, model, vis
-    sys.path.insert(0, str(ROOT / "tests"))
-    from inference_config import write_config
+    from minigpt4.testing.golden import write_config
 
     folder = Path(tempfile.mkdtemp(prefix="bench_describe_"))
     args = Namespace(cfg_path=str(write_config(folder)), options=[], device="cpu", low_resource=False,

@@ -31,15 +31,13 @@ from minigpt4.models import MiniGPT4
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "generate.json"
-FIXTURE = ROOT / "tests" / "fixtures" / "minigpt4_tiny"
 
 
 def fixture_config() -> dict:
     """A config for the golden fixture's micro model (the one the tests use)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from fixture_utils import model_cfg
+    from minigpt4.testing.golden import FX, model_cfg
 
-    model = OmegaConf.to_container(model_cfg(FIXTURE))
+    model = OmegaConf.to_container(model_cfg(FX))
     model.update({"prompt_template": "###Human: {} ###Assistant: ", "end_sym": "###"})
     size = model["image_size"]
     return {"model": model, "preprocess": {"vis_processor": {"eval": {"name": "blip2_image_eval", "image_size": size}}}}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -19,10 +18,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from fixture_utils import FIXTURES, inputs, model_cfg  # noqa: E402
-
-from minigpt4.models import MiniGPT4  # noqa: E402
+from minigpt4.models import MiniGPT4
+from minigpt4.testing.golden import FIXTURES, inputs, model_cfg
 
 
 def matmul_peak(n: int = 2048, reps: int = 5) -> float:

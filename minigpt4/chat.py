@@ -14,7 +14,7 @@ import logging
 import sys
 
 from minigpt4 import inference
-from minigpt4.errors import user_errors
+from minigpt4.errors import UserError, user_errors
 
 HELP = "commands: /image PATH (add an image), /reset (start over), /quit (or Ctrl-D)"
 COMMANDS = """\
@@ -62,7 +62,7 @@ class Session:
     def add_image(self, path: str) -> bool:
         try:
             self.chat.upload_img(path, self.conv, self.images)
-        except (ValueError, TypeError) as exc:
+        except UserError as exc:
             self.say(f"[could not add the image: {exc}]")
             return False
         self.say(f"[image {len(self.images)} added: {path}]")

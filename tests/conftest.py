@@ -1,4 +1,9 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files.
+
+Helpers shared with the benchmarks (the golden micro model, pictures, curation work folders, a local
+OpenAI-compatible server) are in :mod:`minigpt4.testing`; the tests' own helper modules (``train_helpers``,
+``shard_utils``, ``serve_utils``, ...) are imported as ``from tests.<module> import ...`` (pytest's
+``pythonpath`` puts the repository root on the path), so each is loaded once under one name."""
 from __future__ import annotations
 
 import pytest

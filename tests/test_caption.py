@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from inference_config import draw_scene, write_config
+from minigpt4.testing.golden import draw_scene, write_config
 from minigpt4 import caption, inference
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from inference_config import draw_scene, write_config
+from minigpt4.testing.golden import draw_scene, write_config
 from minigpt4 import caption
 from minigpt4.sharded_jsonl import JsonlOutput
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from inference_config import draw_scene, write_config
+from minigpt4.testing.golden import draw_scene, write_config
 from minigpt4 import caption
 
 NEW_TOKENS = "10"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from inference_config import draw_scene, write_config
+from minigpt4.testing.golden import draw_scene, write_config
 from minigpt4 import caption
-from train_helpers import free_port, subprocess_env
+from tests.train_helpers import free_port, subprocess_env
 
 pytestmark = pytest.mark.slow
 N_IMAGES = 30

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fixture_utils import FIXTURES, inputs, model_cfg
+from minigpt4.testing.golden import FIXTURES, inputs, model_cfg
 from minigpt4.conversation import (
     CONV_VISION_LLama2,
     CONV_VISION_Vicuna0,

@@ -7,12 +7,12 @@ import threading
 
 import pytest
 
-from inference_config import FX, draw_scene, write_config
+from minigpt4.testing.golden import FX, draw_scene, write_config
 from minigpt4 import chat as chat_cli
 from minigpt4.conversation import Chat, training_conversation
 from minigpt4.models import MiniGPT4
 from minigpt4.processors import Blip2ImageEvalProcessor
-from fixture_utils import model_cfg
+from minigpt4.testing.golden import model_cfg
 
 
 @pytest.fixture(scope="module")

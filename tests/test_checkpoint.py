@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixture_utils import FIXTURES, fixture_config, model_cfg
+from minigpt4.testing.golden import FIXTURES, fixture_config, model_cfg
 from minigpt4.models import MiniGPT4, build_vision_tower
 from minigpt4.models import checkpoint as ck
 

@@ -43,8 +43,8 @@ def test_a_user_error_inside_model_building_is_one_line(tmp_path, capsys):
 def test_the_console_script_names_itself(tmp_path, capsys):
     assert train.console.__module__ == "minigpt4.train"
     code = train.cli(["--cfg-path", str(tmp_path / "none.yaml")], prog="minigpt4-train")
-    assert code == 2 and capsys.readouterr().err.strip() == f"minigpt4-train: error: --cfg-path {tmp_path}/none.yaml: " \
-                                                            "no such file"
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"minigpt4-train: error: --cfg-path {tmp_path / 'none.yaml'}: no such file"
 
 
 def test_the_boundary_catches_user_errors_only(capsys):
@@ -98,3 +98,17 @@ def test_an_installed_package_finds_its_shipped_copy(tmp_path, monkeypatch):
     assert shipped.config_file("eval_configs/tiny_eval.yaml") == installed / "eval_configs" / "tiny_eval.yaml"
     assert shipped.shipped_file("prompts/alignment.txt") is None
     assert shipped.shipped_file("README.md") is None  # only the config folders ship
+
+
+def test_every_console_script_names_a_function():
+    import importlib
+    import tomllib
+    from pathlib import Path
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    scripts = tomllib.loads(pyproject.read_text())["project"]["scripts"]
+    wanted = {"minigpt4-train", "minigpt4-caption", "minigpt4-chat", "minigpt4-demo", "minigpt4-tiny-world"}
+    assert wanted <= set(scripts)
+    for name, target in scripts.items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name

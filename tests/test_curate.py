@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from curate_helpers import kill_after_rows, one_per_key, rows
-from inference_config import draw_scene, write_config
+from tests.curate_helpers import kill_after_rows, one_per_key, rows
+from minigpt4.testing.golden import draw_scene, write_config
 from minigpt4 import curate, inference
 from minigpt4.curate import __main__ as cli
 from minigpt4.curate import describe
@@ -292,7 +292,7 @@ def test_torchrun_splits_describe_over_two_ranks(setup, full, tmp_path):
     import subprocess
     import sys
 
-    from train_helpers import free_port, subprocess_env
+    from tests.train_helpers import free_port, subprocess_env
 
     work = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(free_port()),
@@ -312,7 +312,7 @@ def test_killed_describe_run_resumes(setup, full, tmp_path):
     import subprocess
     import sys
 
-    from train_helpers import subprocess_env
+    from tests.train_helpers import subprocess_env
 
     work = tmp_path / "killed"
     argv = cli_argv(setup, work, "--options", "curate.describe.batch_size=1")

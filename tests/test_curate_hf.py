@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from curate_helpers import PARAGRAPH, config, described_workdir, one_per_key
+from tests.curate_helpers import PARAGRAPH, config, described_workdir, one_per_key
 from minigpt4 import curate
 from minigpt4.curate.config import FIX_PROMPT
 from minigpt4.curate.fix_hf import HFFixer
@@ -78,7 +78,7 @@ def test_missing_model_folder_names_the_key(tmp_path):
 
 def test_openai_fixer_against_a_loopback_server_running_the_same_llm(tmp_path, monkeypatch):
     """A real HTTP server whose answers come from the tiny Llama: the openai fixer gets what the hf fixer gets."""
-    from openai_test_server import ChatServer
+    from minigpt4.testing.openai_server import ChatServer
 
     pytest.importorskip("openai")
     local = fixer(LLM)

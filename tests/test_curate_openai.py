@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from curate_helpers import PARAGRAPH, config, described_workdir, kill_after_rows, one_per_key, rows
+from tests.curate_helpers import PARAGRAPH, config, described_workdir, kill_after_rows, one_per_key, rows
 from minigpt4 import curate
 from minigpt4.curate import __main__ as cli
 from minigpt4.curate.config import FIX_PROMPT
-from openai_test_server import ChatServer, free_port
+from minigpt4.testing.openai_server import ChatServer, free_port
 
 pytest.importorskip("openai")
 

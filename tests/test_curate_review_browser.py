@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from curate_helpers import PARAGRAPH, config, described_workdir, one_per_key
+from tests.curate_helpers import PARAGRAPH, config, described_workdir, one_per_key
 from minigpt4 import curate
 from test_demo_browser import CHROMIUM_FLAGS, chromium  # noqa: F401  (the session fixture)
 

@@ -21,7 +21,7 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets import build_train_loader
 from minigpt4.datasets.skips import SkipCounter
 from minigpt4.processors import Blip2ImageEvalProcessor
-from shard_utils import answer_for, jpeg_bytes, write_align, write_shards
+from tests.shard_utils import answer_for, jpeg_bytes, write_align, write_shards
 
 PROC = {"vis_processor": {"train": {"name": "blip2_image_eval", "image_size": 16}},
         "text_processor": {"train": {"name": "blip_caption"}}}

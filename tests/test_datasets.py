@@ -18,7 +18,7 @@ from minigpt4.common.registry import registry
 from minigpt4.datasets import CCSBUAlignDataset, WebImageTextDataset, build_train_loader
 from minigpt4.datasets.skips import SkipCounter
 from minigpt4.processors import normalize_caption
-from shard_utils import answer_for, jpeg_bytes, truncate_inside_member, write_align, write_shards
+from tests.shard_utils import answer_for, jpeg_bytes, truncate_inside_member, write_align, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 PROC = {"vis_processor": {"train": {"name": "blip2_image_train", "image_size": 32}},

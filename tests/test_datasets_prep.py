@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shard_utils import truncate_inside_member, write_align, write_shards
+from tests.shard_utils import truncate_inside_member, write_align, write_shards
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dataset"))
 import caption_lists  # noqa: E402

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fixture_utils import model_cfg
-from inference_config import FX, draw_scene
+from minigpt4.testing.golden import model_cfg
+from minigpt4.testing.golden import FX, draw_scene
 from minigpt4 import demo_app
 from minigpt4.conversation import Chat, training_conversation
 from minigpt4.models import MiniGPT4

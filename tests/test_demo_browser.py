@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from fixture_utils import model_cfg
-from inference_config import FX, write_config
+from minigpt4.testing.golden import model_cfg
+from minigpt4.testing.golden import FX, write_config
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from minigpt4.runners.checkpointing import weights_digest
-from tests.fixture_utils import fixture_dirs
+from minigpt4.testing.golden import fixture_dirs
 from tests.train_helpers import run_train, train_config, train_in_process, write_align_folder, write_config
 
 pytestmark = pytest.mark.slow

@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from fixture_utils import FIXTURES, model_cfg
-from inference_config import draw_scene
+from minigpt4.testing.golden import FIXTURES, model_cfg
+from minigpt4.testing.golden import draw_scene
 from minigpt4.conversation import Chat, training_conversation
 from minigpt4.generation import Engine, Failed, Finished, Piece, QueueFull, Request, SamplingParams, generate_all
 from minigpt4.generation.batch import KVBatch

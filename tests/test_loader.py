@@ -13,7 +13,7 @@ import minigpt4  # noqa: F401
 from minigpt4.common.registry import registry
 from minigpt4.datasets import build_train_loader
 from minigpt4.datasets.sources import epoch_batches
-from shard_utils import answer_for, write_align, write_shards
+from tests.shard_utils import answer_for, write_align, write_shards
 
 PROC = {"vis_processor": {"train": {"name": "blip2_image_train", "image_size": 24}},
         "text_processor": {"train": {"name": "blip_caption"}}}

@@ -8,7 +8,7 @@ import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
 
-from fixture_utils import FIXTURES, inputs, model_cfg
+from minigpt4.testing.golden import FIXTURES, inputs, model_cfg
 from minigpt4.models import MiniGPT4, build_vision_tower
 from minigpt4.models.llm import parse_dtype, quantization_config
 

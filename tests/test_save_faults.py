@@ -23,7 +23,7 @@ from minigpt4.processors import Blip2ImageEvalProcessor
 from minigpt4.runners import RunnerBase
 from minigpt4.runners import checkpointing as C
 from minigpt4.tasks import setup_task
-from tests.fixture_utils import fixture_dirs
+from minigpt4.testing.golden import fixture_dirs
 from tests.train_helpers import ListLoader, model_block, train_config, write_align_folder, write_config
 
 

@@ -10,12 +10,12 @@ import openai
 import pytest
 from PIL import Image
 
-from inference_config import draw_scene, write_config
+from minigpt4.testing.golden import draw_scene, write_config
 from minigpt4 import inference
 from minigpt4.conversation import Chat
 from minigpt4.serve import cli
 from minigpt4.serve.app import create_app
-from serve_utils import ServerThread, data_url
+from tests.serve_utils import ServerThread, data_url
 
 MAX_TOKENS = 12
 GREEDY = dict(temperature=0, max_tokens=MAX_TOKENS)

@@ -16,7 +16,7 @@ from minigpt4.common.config import Config
 from minigpt4.processors import Blip2ImageEvalProcessor
 from minigpt4.runners import RunnerBase, TrainingDiverged
 from minigpt4.tasks import setup_task
-from tests.fixture_utils import fixture_dirs
+from minigpt4.testing.golden import fixture_dirs
 from tests.train_helpers import ListLoader, model_block, train_config
 
 CAPTIONS = ["a red circle next to a blue square", "a green triangle above a yellow bar, on a white background"]

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from minigpt4.common.config import Config, ConfigError
 from minigpt4.common.registry import registry
 from minigpt4.tasks import ImageTextPretrainTask, setup_task
-from tests.fixture_utils import fixture_dirs, model_cfg
+from minigpt4.testing.golden import fixture_dirs, model_cfg
 
 
 def _model_block():

@@ -15,7 +15,7 @@ import yaml
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
-from tests.fixture_utils import fixture_dirs, model_cfg
+from minigpt4.testing.golden import fixture_dirs, model_cfg
 
 REPO = Path(__file__).resolve().parents[1]
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (230, 210, 40)}

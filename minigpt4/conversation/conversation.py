@@ -19,7 +19,7 @@ from PIL import Image
 from minigpt4.conversation.history import ContextTooLongError, fit_turns  # noqa: F401 (re-exported)
 from minigpt4.conversation.settings import check_generation_settings
 from minigpt4.conversation.streaming import CancellableStreamer, stream_from
-from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, open_image
+from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS, UnreadableImage, open_image
 from minigpt4.models.prompting import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
@@ -263,9 +263,9 @@ class Chat:
 
 def load_image(path, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
     """Open an image file fully as RGB (16-bit, palette, transparent and CMYK images converted correctly, at
-    most ``max_pixels``), or raise ``ValueError`` naming the file and the reason."""
+    most ``max_pixels``), or raise :class:`UnreadableImage` (a ``ValueError``) naming the file and the reason."""
     if not Path(path).exists():
-        raise ValueError(f"no such file: {path}")
+        raise UnreadableImage(f"no such file: {path}")
     if Path(path).is_dir():
-        raise ValueError(f"{path} is a folder, not an image file")
+        raise UnreadableImage(f"{path} is a folder, not an image file")
     return open_image(path, max_pixels=max_pixels)
