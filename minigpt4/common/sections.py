@@ -144,7 +144,7 @@ class RunConfig:
     log_freq: int = key(50, "log every N steps", ge=1)
     tensorboard: bool = key(True, "write TensorBoard event files")
     progress_bar: bool = key(True, "show a progress bar on the main process")
-    max_seconds: Optional[float] = key(None, "stop with a checkpoint after this many seconds", gt=0)
+    max_seconds: Optional[float] = key(None, "stop with a checkpoint after this many seconds (0: at the first step)", ge=0)
     threads: Optional[int] = key(None, "torch CPU threads per process", ge=1)
     device: Optional[str] = key(None, "cpu, cuda or cuda:N (default: cuda if available)", check=device_name)
     distributed: bool = key(False, "join torchrun's / SLURM's process group when launched by one")
