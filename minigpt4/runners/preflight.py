@@ -27,7 +27,12 @@ def llm_hidden_size(llama_model) -> int | None:
     cfg_file = Path(str(llama_model)) / "config.json"
     if not cfg_file.is_file():
         return None
-    cfg = json.loads(cfg_file.read_text())
+    try:
+        cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"model.llama_model {cfg_file}: not a valid JSON config ({e})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"model.llama_model {cfg_file}: expected a JSON object, got {type(cfg).__name__}")
     cfg = cfg.get("text_config", cfg)
     return cfg.get("hidden_size")
 
