@@ -80,6 +80,11 @@ def case_file(case: dict, base: dict, folder: Path) -> str:
         cfg = copy.deepcopy(base)
         for dotted, value in (case.get("set") or {}).items():
             apply(cfg, dotted, value)
+        if "llm_config_json" in case:
+            llm = folder / "llm"
+            llm.mkdir()
+            (llm / "config.json").write_text(case["llm_config_json"])
+            apply(cfg, "model.llama_model", str(llm))
         path.write_text(yaml.dump(cfg, Dumper=_Dumper, sort_keys=False))
     return str(path)
 

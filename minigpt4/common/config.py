@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterable
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from minigpt4.common import fields, schema, sections
 from minigpt4.common import registry as registry_module
@@ -33,7 +33,8 @@ KEY_TOKEN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def _option_value(item: str, key: str, raw: str):
-    """The YAML value of ``raw``; text YAML cannot read (``@@@``, ``###``, ``a: b``) is kept as a string."""
+    """The YAML value of ``raw``; text YAML cannot read (``@@@``, or ``###`` which it reads as a comment) is kept
+    as a string."""
     import yaml
 
     try:

@@ -150,7 +150,8 @@ def check_section(section: str, cfg, cls, *, warn_compat: bool = False) -> None:
             check_section(f"{section}.{name}", cfg[name], hint, warn_compat=warn_compat)
             continue
         check_value(f"{section}.{name}", value, types, f.metadata)
-        if warn_compat and f.metadata.get("compat") and value not in (None, False, _default(f)):
+        if warn_compat and f.metadata.get("compat") and value is not None and value is not False \
+                and value != _default(f):
             log.warning("%s.%s is ignored: %s", section, name, f.metadata["compat"])
 
 

@@ -121,12 +121,13 @@ class RunConfig:
     SECTION = "run"
     task: Optional[str] = key(None, "registered task: image_text_pretrain (required for training)")
     runner: str = key("runner_base", "registered training loop")
-    lr_sched: str = key("linear_warmup_cosine_lr", "registered LR schedule: linear_warmup_cosine_lr or step_lr")
+    lr_sched: str = key("linear_warmup_cosine_lr",
+                        "registered LR schedule: linear_warmup_cosine_lr or linear_warmup_step_lr")
     init_lr: Optional[float] = key(None, "peak learning rate (required for training)", gt=0)
     min_lr: Optional[float] = key(None, "final learning rate (required for training)", ge=0)
     warmup_lr: Optional[float] = key(None, "learning rate at step 0 of the warmup (null: init_lr)", ge=0)
     warmup_steps: int = key(0, "warmup length in optimizer steps", ge=0)
-    lr_decay_rate: Optional[float] = key(None, "per-epoch factor of step_lr", gt=0)
+    lr_decay_rate: Optional[float] = key(None, "per-epoch factor of linear_warmup_step_lr", gt=0)
     faithful_lr_schedule: bool = key(False, "the original's per-epoch cosine with its restarts")
     weight_decay: float = key(0.05, "AdamW/SGD weight decay (not on biases and norms)", ge=0)
     beta2: float = key(0.999, "AdamW beta2", gt=0, le=1)
@@ -149,7 +150,8 @@ class RunConfig:
     log_freq: int = key(50, "log every N steps", ge=1)
     tensorboard: bool = key(True, "write TensorBoard event files")
     progress_bar: bool = key(True, "show a progress bar on the main process")
-    max_seconds: Optional[float] = key(None, "stop with a checkpoint after this many seconds", gt=0)
+    max_seconds: Optional[float] = key(None, "stop with a checkpoint after this many seconds (0: at the first step)",
+                                       ge=0)
     threads: Optional[int] = key(None, "torch CPU threads per process", ge=1)
     device: Optional[str] = key(None, "cpu, cuda or cuda:N (default: cuda if available)", check=device_name)
     distributed: bool = key(False, "join torchrun's / SLURM's process group when launched by one")
@@ -215,7 +217,8 @@ class DatasetConfig:
     resampled: bool = key(True, "sample shards with replacement forever (false: one pass per epoch)")
     shuffle_buffer: int = key(1000, "webdataset shuffle buffer in samples (0: no shuffle)", ge=0)
     num_workers: Optional[int] = key(None, "DataLoader workers of this dataset (default: run.num_workers)", ge=0)
-    max_image_pixels: Optional[int] = key(DEFAULT_MAX_IMAGE_PIXELS, "refuse larger images (null: Pillow's own limit)", ge=1)
+    max_image_pixels: Optional[int] = key(DEFAULT_MAX_IMAGE_PIXELS, "refuse larger images (null: Pillow's own limit)",
+                                          ge=1)
     feature_store: Optional[str] = key(None, "folder of python -m minigpt4.features extract (null: read pixels)")
 
 
