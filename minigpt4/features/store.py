@@ -131,6 +131,9 @@ class FeatureStore:
         self._open: dict[str, object] = {}
         self._pid = os.getpid()
 
+    def __getstate__(self) -> dict:  # DataLoader workers started with spawn reopen the files themselves
+        return {**self.__dict__, "_open": {}}
+
     def __len__(self) -> int:
         return len(self.index)
 
