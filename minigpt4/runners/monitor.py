@@ -59,8 +59,9 @@ class StepMeter:
 class Reporter:
     """TensorBoard + ``log.txt`` + PNG curves, all in the run's output folder. Only built on rank 0."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True):
+    def __init__(self, out_dir: Path, tensorboard: bool = True, title: str | None = None):
         self.out_dir = out_dir
+        self.title = title  # printed above the curves (which run they belong to)
         self.history: list[tuple[int, float, float]] = []  # (global step, loss, lr)
         self.writer = None
         if tensorboard:
@@ -98,6 +99,8 @@ class Reporter:
         steps, losses, lrs = zip(*self.history)
         fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
         ax_loss.plot(steps, losses, lw=1)
+        if self.title:
+            ax_loss.set_title(self.title)
         ax_loss.set_ylabel("loss")
         ax_lr.plot(steps, lrs, lw=1, color="tab:orange")
         ax_lr.set_ylabel("learning rate")

@@ -185,7 +185,10 @@ class RunnerBase:
         self.ddp_model = self._wrap()
         self.optimizer = build_optimizer(self.model, self.run)
         self.scheduler = build_lr_scheduler(self.optimizer, self.run)
-        self.reporter = Reporter(self.output_dir, self.run.get("tensorboard", True)) if self.dist.is_main else None
+        title = f"{self.output_dir.parent.name} / {self.output_dir.name}"  # e.g. "stage1 / tiny"
+        self.reporter = None
+        if self.dist.is_main:
+            self.reporter = Reporter(self.output_dir, self.run.get("tensorboard", True), title)
         if self.dist.is_main:
             for name, p in self.model.named_parameters():
                 if p.requires_grad:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -38,17 +36,26 @@ def is_built(out: Path, preset, part: str) -> bool:
     return saved == json.loads(json.dumps(asdict(spec_of(preset, part))))
 
 
-def build_part(out: Path, preset, part: str, threads: int = 1, position: int = 0) -> dict:
-    from tqdm import tqdm
-
+def build_part(out: Path, preset, part: str, threads: int = 1, status: Path | None = None) -> dict:
+    """Pretrain one part in this process. With ``status``, the step count is rewritten there (for the
+    parent's single progress display) instead of drawing a progress bar."""
     spec = spec_of(preset, part)
-    name = "language model" if part == "lm" else "vision tower"
-    bar = tqdm(total=spec.max_steps, desc=f"pretrain {name}", position=position, leave=True, mininterval=2)
+    bar = None
+    if status is None:
+        from tqdm import tqdm
+
+        name = "language model" if part == "lm" else "vision tower"
+        bar = tqdm(total=spec.max_steps, desc=f"pretrain {name}", mininterval=2)
 
     def progress(step, loss):
-        bar.update(1)
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss:.3f}")
+        if bar is not None:
+            bar.update(1)
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss:.3f}")
+        elif step % 10 == 0:
+            tmp = status.with_name(status.name + ".tmp")
+            tmp.write_text(f"{step} {loss:.4f}\n")
+            tmp.replace(status)
 
     if part == "lm":
         from minigpt4.tiny_world.lm import pretrain_lm
@@ -58,25 +65,24 @@ def build_part(out: Path, preset, part: str, threads: int = 1, position: int = 0
         from minigpt4.tiny_world.vision import pretrain_vision
 
         report = pretrain_vision(folder(out, part), spec, threads=threads, progress=progress)
-    bar.close()
+    if bar is not None:
+        bar.close()
     return report
 
 
-def build_backbones(out: Path, preset, parallel: bool = True) -> dict:
-    """Build whatever is missing; two parts run as two single-thread processes side by side."""
+def build_backbones(out: Path, preset) -> dict:
+    """Build whatever is missing, each part in its own single-thread process, side by side, with one
+    progress display; their output goes to ``backbones/<part>.log``."""
+    from minigpt4.tiny_world.jobs import Job, run_jobs
+
     todo = [p for p in PARTS if not is_built(out, preset, p)]
-    if todo and parallel and len(todo) > 1:
-        procs = []
-        for i, part in enumerate(todo):
-            cmd = [sys.executable, "-m", "minigpt4.tiny_world.backbones", "--part", part, "--out", str(out),
-                   "--preset", preset.name, "--position", str(i)]
-            procs.append((part, subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"})))
-        failed = [part for part, p in procs if p.wait() != 0]
-        if failed:
-            raise RuntimeError(f"pretraining of {', '.join(failed)} failed (see the output above)")
-    else:
-        for part in todo:
-            build_part(out, preset, part, threads=1)
+    if todo:
+        logs = Path(out) / "backbones"
+        jobs = [Job(name=part, total=spec_of(preset, part).max_steps, log_path=logs / f"{part}.log",
+                    status_path=logs / f"{part}.status",
+                    cmd=[sys.executable, "-m", "minigpt4.tiny_world.backbones", "--part", part, "--out", str(out),
+                         "--preset", preset.name, "--status", str(logs / f"{part}.status")]) for part in todo]
+        run_jobs(jobs, "pretrain frozen backbones (" + " + ".join(todo) + ")")
     return {part: json.loads((folder(out, part) / "pretraining.json").read_text()) for part in PARTS}
 
 
@@ -87,11 +93,12 @@ def main(argv=None) -> int:
     p.add_argument("--part", choices=sorted(PARTS), required=True)
     p.add_argument("--out", default="tiny_world")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
-    p.add_argument("--position", type=int, default=0, help="progress-bar line")
+    p.add_argument("--status", type=Path, default=None,
+                   help="write the step count to this file instead of drawing a progress bar")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    report = build_part(Path(args.out), PRESETS[args.preset], args.part, args.threads, args.position)
+    report = build_part(Path(args.out), PRESETS[args.preset], args.part, args.threads, args.status)
     last = report["history"][-1] if report["history"] else {}
     print(f"{args.part}: {report['steps']} steps, {report['parameters'] / 1e6:.2f} M parameters, last check {last}",
           file=sys.stderr)
