@@ -11,8 +11,6 @@ Two measurements, both greedy and batched through ``MiniGPT4``'s own generation 
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 
@@ -125,35 +123,3 @@ def summarize(samples: list[dict]) -> dict:
 
 def write_json(path: Path, result: dict) -> None:
     Path(path).write_text(json.dumps(result, indent=1))
-
-
-def write_html(path: Path, results: dict[str, dict], image_root: Path, max_images: int = 40) -> Path:
-    """A self-contained page: each held-out image (inline) with the ground truth and every model's outputs."""
-    names = list(results)
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    summary = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{r['attribute_accuracy']:.3f}</td><td>{r['malformed_rate']:.3f}</td>"
-        f"<td>{r['description_accuracy']:.3f}</td></tr>" for n, r in results.items())
-    rows = []
-    first = results[names[0]]["samples"][:max_images]
-    for i, s in enumerate(first):
-        data = base64.b64encode((Path(image_root) / s["image"]).read_bytes()).decode()
-        cells = []
-        for n in names:
-            o = results[n]["samples"][i]
-            mark = lambda ok: "ok" if ok else "wrong"  # noqa: E731
-            flags = "malformed: " + ", ".join(o["reasons"]) if o["malformed"] else mark(o["correct"])
-            cells.append(f"<td><b>caption</b> ({mark(o['caption_correct'])}): {html.escape(o['caption'])}<br>"
-                         f"<b>{html.escape(o['instruction'])}</b> ({html.escape(flags)}): "
-                         f"{html.escape(o['answer'])}</td>")
-        rows.append(f"<tr><td><img src='data:image/jpeg;base64,{data}' width=112><br>"
-                    f"<small>{html.escape(s['truth_caption'])}<br>{html.escape(s['truth_description'])}</small></td>"
-                    + "".join(cells) + "</tr>")
-    page = ("<!doctype html><meta charset='utf-8'><title>MiniGPT-4 tiny world</title>"
-            "<style>body{font-family:sans-serif}td{vertical-align:top;border-top:1px solid #ccc;padding:4px;"
-            "max-width:340px;font-size:13px}</style><h1>MiniGPT-4 tiny world: held-out images</h1>"
-            "<table><tr><th>model</th><th>attribute accuracy</th><th>malformed rate</th>"
-            f"<th>description accuracy</th></tr>{summary}</table><table><tr><th>image / truth</th>{head}</tr>"
-            + "".join(rows) + "</table>")
-    Path(path).write_text(page)
-    return Path(path)

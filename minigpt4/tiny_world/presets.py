@@ -19,6 +19,7 @@ class Preset:
     stage1: dict = field(default_factory=dict)  # --options for train.py (run.* schedule)
     stage2: dict = field(default_factory=dict)
     eval_images: int = 200
+    review: bool = True  # the curation's manual pass, played by the world's grammar (see curation.py)
 
     def model_options(self) -> dict:
         """Model sizes for the train/eval configs (the YAMLs hold the ``full`` sizes)."""
