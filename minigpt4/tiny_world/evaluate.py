@@ -6,8 +6,11 @@ Two measurements, both greedy and batched through ``MiniGPT4``'s own generation 
   and shape named correctly, left to right, and nothing else; plus per-attribute accuracies.
 - **conversation** (the exact stage-2 training template, instructions of ``prompts/alignment.txt``): an
   answer is *malformed* when it does not end with ``end_sym`` within the token budget, is empty, repeats a
-  sentence, or contains a sentence outside the world's description grammar. *Description accuracy* = the
-  share of answers that are well formed and state exactly the ground truth.
+  sentence, contains a sentence outside the world's description grammar, or, sentence by sentence, is not
+  the description of any possible scene (:func:`~minigpt4.tiny_world.text.is_coherent`: two identical
+  objects, a comparison of objects it never described or against its own sizes, a missing sentence).
+  None of this reads the ground truth. *Description accuracy* = the share of answers that are well formed
+  and state exactly the ground truth.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from minigpt4.tiny_world import text as T
 from minigpt4.tiny_world.write import read_eval
 
 CAPTION_TOKENS = 24
+REASONS = ("no end_sym", "empty", "repeats a sentence", "sentence outside the grammar", "not a description of any scene")
 ANSWER_TOKENS = 96
 
 
@@ -59,6 +63,8 @@ def judge_answer(answer: str, terminated: bool, scene) -> dict:
         reasons.append("repeats a sentence")
     if parsed.bad:
         reasons.append("sentence outside the grammar")
+    elif answer and not T.is_coherent(answer):
+        reasons.append("not a description of any scene")
     correct = not reasons and T.description_matches(parsed, scene)
     return {"malformed": bool(reasons), "reasons": reasons, "correct": correct,
             "attributes": T.description_attributes(parsed, scene)}
@@ -114,7 +120,7 @@ def summarize(samples: list[dict]) -> dict:
         "caption_per_attribute": {k: _mean(s["caption_attributes"][k] for s in samples) for k in keys_c},
         "malformed_rate": _mean(s["malformed"] for s in samples),
         "malformed_reasons": {r: sum(r in s["reasons"] for s in samples)
-                              for r in ("no end_sym", "empty", "repeats a sentence", "sentence outside the grammar")},
+                              for r in REASONS},
         "description_accuracy": _mean(s["correct"] for s in samples),
         "description_per_attribute": {k: _mean(s["attributes"][k] for s in samples) for k in keys_d},
         "samples": samples,

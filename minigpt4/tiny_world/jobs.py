@@ -62,10 +62,13 @@ class Job:
         return min(self._done, self.total)
 
     def tail(self, lines: int = 25) -> str:
+        """A child's own one-line error when it printed one (``train.py: error: ...``), else its last lines."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+            text = self.log_path.read_text(errors="replace").splitlines()
         except OSError:
             return "(no log)"
+        errors = [line for line in text if re.match(r"^[\w.]+(\.py)?: error: ", line)]
+        return "\n".join(errors[-3:] or text[-lines:])
 
 
 def run_jobs(jobs: list[Job], desc: str, poll: float = 1.0) -> None:
@@ -80,9 +83,10 @@ def run_jobs(jobs: list[Job], desc: str, poll: float = 1.0) -> None:
     try:
         while True:
             codes = [j.proc.poll() for j in jobs]
-            done = sum(j.progress() for j in jobs)
-            bar.update(done - bar.n)
-            bar.set_postfix_str(", ".join(f"{j.name} {j.progress()}/{j.total}" for j in jobs), refresh=False)
+            steps = [j.progress() for j in jobs]
+            if sum(steps) != bar.n:
+                bar.set_postfix_str(", ".join(f"{j.name} {n}/{j.total}" for j, n in zip(jobs, steps)), refresh=False)
+                bar.update(sum(steps) - bar.n)
             failed = next((j for j, c in zip(jobs, codes) if c not in (None, 0)), None)
             if failed is not None or all(c == 0 for c in codes):
                 break

@@ -124,6 +124,12 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
     from minigpt4.tiny_world.page import write_page
 
     torch.set_num_threads(2)
+    try:  # the tiny backbones load in milliseconds: no "Loading weights" bars
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
     clock = Clock()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,8 +147,9 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
                                           review=preset.review)
     log(f"[tiny world] curation kept {curation['kept']} of {curation['described']} descriptions -> {curated}")
     clock.mark("curation")
-    if curation["kept"] == 0:
-        raise RuntimeError(f"the curation kept no description (see {out / 'curate'})")
+    if curation["kept"] < preset.stage2_batch():
+        raise RuntimeError(f"the curation kept {curation['kept']} descriptions, fewer than one stage-2 batch "
+                           f"({preset.stage2_batch()}); see {out / 'curate'}")
     jobs = [stage_job(out, preset, "stage2", 1, ckpt=ckpt1),
             stage_job(out, preset, "stage2_curated", 1, ckpt=ckpt1, data=curated)]
     run_jobs(jobs, "stage 2 (ground truth) + stage 2 (curated), side by side")

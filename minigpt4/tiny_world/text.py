@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from minigpt4.tiny_world.scenes import COLOURS, SHAPES, SIZES, Scene
+from minigpt4.tiny_world.scenes import COLOURS, SHAPES, SIZES, Obj, Scene
 
 NUMBERS = {1: "one", 2: "two", 3: "three"}
 SLOT_PHRASES = {1: ("It is",), 2: ("On the left is", "On the right is"),
@@ -111,6 +111,41 @@ def description_matches(parsed: Parsed, scene: Scene) -> bool:
         return False
     expected = parse_description(description(scene))
     return parsed.comparisons == expected.comparisons and parsed.same_size == expected.same_size
+
+
+def scene_described(parsed: Parsed) -> Scene | None:
+    """The scene a description states (slot order, sizes, colours, shapes), or None when it states no
+    possible scene: a missing or repeated slot, or two objects of the same colour and shape."""
+    n = parsed.count
+    if n not in SLOT_PHRASES or set(parsed.objects) != set(SLOT_PHRASES[n]) or parsed.duplicate_slots:
+        return None
+    objs = tuple(Obj(colour, shape, size, col=i, row=0)
+                 for i, (size, colour, shape) in enumerate(parsed.objects[ph] for ph in SLOT_PHRASES[n]))
+    if len({(o.colour, o.shape) for o in objs}) < n:
+        return None
+    return Scene(objs)
+
+
+def is_coherent(text: str) -> bool:
+    """True when ``text`` is, sentence for sentence, the description of *some* possible scene of the world:
+    the count, one sentence per object in slot order, and the closing size sentence that agrees with the
+    sizes it stated. Reads only the text (no ground truth): a grammatical answer that describes two
+    identical objects, compares objects it never described, contradicts its own sizes, or stops early is
+    not coherent."""
+    parsed = parse_description(text)
+    if parsed.bad:
+        return False
+    scene = scene_described(parsed)
+    return scene is not None and parsed.sentences == split_sentences(description(scene))
+
+
+def coherent_prefix(sentences: list[str]) -> str | None:
+    """The longest run of leading ``sentences`` that is a coherent description, or None."""
+    for end in range(len(sentences), 0, -1):
+        text = " ".join(sentences[:end])
+        if is_coherent(text):
+            return text
+    return None
 
 
 def description_attributes(parsed: Parsed, scene: Scene) -> dict[str, float]:
