@@ -20,7 +20,21 @@ def test_malformed_reasons():
     fragment = "There are two shapes. On the left is a large red circle. The There is bigger than the blue square."
     out = judge_answer(fragment, True, SCENE)
     assert out["reasons"] == ["sentence outside the grammar"] and not out["correct"]
-    wrong = good.replace("large red", "large green")
+    # every sentence grammatical, but no scene of the world is described like this (read from the text alone)
+    for incoherent in ("There are two shapes. On the left is a large red circle. On the right is a large red circle. "
+                       "The two shapes are the same size.",  # two identical objects
+                       "There are two shapes. On the left is a large red circle. On the right is a small blue square. "
+                       "The green circle is bigger than the blue square.",  # compares an object it never described
+                       "There are two shapes. On the left is a large red circle. On the right is a large blue square. "
+                       "The red circle is bigger than the blue square.",  # contradicts its own sizes
+                       "There are two shapes. On the left is a large red circle.",  # stops early
+                       "There is one shape. On the left is a large red circle."):  # wrong slot for the count
+        out = judge_answer(incoherent, True, SCENE)
+        assert out["reasons"] == ["not a description of any scene"] and not out["correct"], incoherent
+    other = "There is one shape. It is a small green triangle."  # coherent, but not this image
+    assert judge_answer(other, True, SCENE) == {"malformed": False, "reasons": [], "correct": False,
+                                                "attributes": {"size": 0.0, "colour": 0.0, "shape": 0.0, "count": 0.0}}
+    wrong = good.replace("red", "green")  # a coherent description of another scene: well formed, wrong
     out = judge_answer(wrong, True, SCENE)
     assert not out["malformed"] and not out["correct"] and out["attributes"]["colour"] == 0.5
 

@@ -14,18 +14,20 @@ SCENE = Scene.from_json([{"colour": "red", "shape": "circle", "size": "large", "
                          {"colour": "blue", "shape": "square", "size": "small", "col": 5, "row": 2}])
 
 
-def test_review_keeps_the_worlds_sentences_and_rejects_paragraphs_without_any(tmp_path):
+def test_review_keeps_the_longest_coherent_part_and_rejects_the_rest(tmp_path):
     good = T.description(SCENE)
     rows = [{"key": "a", "verdict": "keep", "text": good},
-            {"key": "b", "verdict": "keep", "text": "There are two shapes. The There is bigger than the red triangle."},
-            {"key": "c", "verdict": "keep", "text": "a red circle and a blue square."},
-            {"key": "d", "verdict": "reject", "reason": "too_short", "text": "square."}]
+            {"key": "b", "verdict": "keep", "text": good + " There is one shape. It is a large red circle."},
+            {"key": "c", "verdict": "keep", "text": "There are two shapes. The There is bigger than the red triangle."},
+            {"key": "d", "verdict": "keep", "text": "There is one shape. It is a tiny red circle. It is a large red circle."},
+            {"key": "e", "verdict": "reject", "reason": "too_short", "text": "square."}]
     (tmp_path / "filtered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path, counts = review_edits(tmp_path)
     edits = [json.loads(line) for line in path.read_text().splitlines()]
-    assert counts == {"edited": 1, "rejected": 1}
-    assert edits == [{"key": "b", "text": "There are two shapes."},
-                     {"key": "c", "reject": True, "reason": "no sentence of the world's language"}]
+    assert counts == {"edited": 2, "rejected": 1}
+    assert edits == [{"key": "b", "text": good},
+                     {"key": "c", "reject": True, "reason": "not a description of any scene"},
+                     {"key": "d", "text": "There is one shape. It is a large red circle."}]
 
 
 def _result(answer: str, caption: str) -> dict:

@@ -63,7 +63,7 @@ def judge_answer(answer: str, terminated: bool, scene) -> dict:
         reasons.append("repeats a sentence")
     if parsed.bad:
         reasons.append("sentence outside the grammar")
-    elif answer and not T.is_coherent(answer):
+    if not reasons and not T.is_coherent(answer):  # only when nothing above explains it
         reasons.append("not a description of any scene")
     correct = not reasons and T.description_matches(parsed, scene)
     return {"malformed": bool(reasons), "reasons": reasons, "correct": correct,
