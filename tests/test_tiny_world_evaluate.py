@@ -25,12 +25,13 @@ def test_malformed_reasons():
                        "The two shapes are the same size.",  # two identical objects
                        "There are two shapes. On the left is a large red circle. On the right is a small blue square. "
                        "The green circle is bigger than the blue square.",  # compares an object it never described
-                       "There are two shapes. On the left is a large red circle. On the right is a large blue square. "
-                       "The red circle is bigger than the blue square.",  # contradicts its own sizes
                        "There are two shapes. On the left is a large red circle.",  # stops early
                        "There is one shape. On the left is a large red circle."):  # wrong slot for the count
         out = judge_answer(incoherent, True, SCENE)
         assert out["reasons"] == ["not a description of any scene"] and not out["correct"], incoherent
+    misread = ("There are two shapes. On the left is a large red circle. On the right is a large blue square. "
+               "The red circle is bigger than the blue square.")  # a misread size: wrong, not malformed
+    assert not judge_answer(misread, True, SCENE)["malformed"]
     other = "There is one shape. It is a small green triangle."  # coherent, but not this image
     assert judge_answer(other, True, SCENE) == {"malformed": False, "reasons": [], "correct": False,
                                                 "attributes": {"size": 0.0, "colour": 0.0, "shape": 0.0, "count": 0.0}}

@@ -127,16 +127,27 @@ def scene_described(parsed: Parsed) -> Scene | None:
 
 
 def is_coherent(text: str) -> bool:
-    """True when ``text`` is, sentence for sentence, the description of *some* possible scene of the world:
-    the count, one sentence per object in slot order, and the closing size sentence that agrees with the
-    sizes it stated. Reads only the text (no ground truth): a grammatical answer that describes two
-    identical objects, compares objects it never described, contradicts its own sizes, or stops early is
-    not coherent."""
+    """True when ``text`` is, sentence for sentence, a description in the world's language of *some*
+    possible scene: the count, one sentence per object in slot order, then the closing sentence that
+    names the objects it described (for two objects: "the same size", or the left one "bigger"/"smaller"
+    than the right one). Reads only the text, never the ground truth: a grammatical answer that
+    describes two identical objects, compares objects it never described, or stops early is not
+    coherent; one that merely misreads a size or a colour is (it is wrong, not malformed)."""
     parsed = parse_description(text)
     if parsed.bad:
         return False
     scene = scene_described(parsed)
-    return scene is not None and parsed.sentences == split_sentences(description(scene))
+    if scene is None:
+        return False
+    n, objs = len(scene.objects), scene.objects
+    body = split_sentences(description(scene))[: 1 + n]
+    closings = [[]]
+    if n == 2:
+        closings = [["The two shapes are the same size."]] + [
+            [f"The {objs[0].name} is {rel} than the {objs[1].name}."] for rel in ("bigger", "smaller")]
+    elif n == 3:
+        closings = [[], ["All three shapes are the same size."]]
+    return parsed.sentences[: 1 + n] == body and parsed.sentences[1 + n:] in closings
 
 
 def coherent_prefix(sentences: list[str]) -> str | None:
