@@ -42,10 +42,23 @@ def main(argv=None) -> int:
     if args.nproc < 1:
         print("error: --nproc must be at least 1", file=sys.stderr)
         return 2
+    import logging
+    import signal
+
     from minigpt4.tiny_world.pipeline import run  # heavy imports only after the arguments are parsed
     from minigpt4.tiny_world.presets import PRESETS
 
-    run(Path(args.out), PRESETS[args.preset], nproc=args.nproc)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    def stop(signum, frame):  # SIGTERM stops the child jobs too, as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        run(Path(args.out), PRESETS[args.preset], nproc=args.nproc)
+    except KeyboardInterrupt:
+        print("stopped; the data and finished backbones are kept and reused by the next run", file=sys.stderr)
+        return 130
     return 0
 
 
