@@ -21,8 +21,8 @@ def test_malformed_reasons():
     out = judge_answer(fragment, True, SCENE)
     assert out["reasons"] == ["sentence outside the grammar"] and not out["correct"]
     # every sentence grammatical, but no scene of the world is described like this (read from the text alone)
-    for incoherent in ("There are two shapes. On the left is a large red circle. On the right is a large red circle. "
-                       "The two shapes are the same size.",  # two identical objects
+    for incoherent in ("There are two shapes. On the left is a large red circle. On the right is a small red circle. "
+                       "The red circle is bigger than the red circle.",  # compares an object with itself
                        "There are two shapes. On the left is a large red circle. On the right is a small blue square. "
                        "The green circle is bigger than the blue square.",  # compares an object it never described
                        "There are two shapes. On the left is a large red circle.",  # stops early

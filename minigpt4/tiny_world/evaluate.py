@@ -7,8 +7,8 @@ Two measurements, both greedy and batched through ``MiniGPT4``'s own generation 
 - **conversation** (the exact stage-2 training template, instructions of ``prompts/alignment.txt``): an
   answer is *malformed* when it does not end with ``end_sym`` within the token budget, is empty, repeats a
   sentence, contains a sentence outside the world's description grammar, or, sentence by sentence, is not
-  the description of any possible scene (:func:`~minigpt4.tiny_world.text.is_coherent`: two identical
-  objects, a comparison of objects it never described, a missing sentence).
+  the description of any possible scene (:func:`~minigpt4.tiny_world.text.is_coherent`: a comparison of
+  objects it never described or of an object with itself, a missing sentence, a slot the count rules out).
   None of this reads the ground truth. *Description accuracy* = the share of answers that are well formed
   and state exactly the ground truth.
 """

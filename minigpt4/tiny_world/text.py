@@ -114,25 +114,22 @@ def description_matches(parsed: Parsed, scene: Scene) -> bool:
 
 
 def scene_described(parsed: Parsed) -> Scene | None:
-    """The scene a description states (slot order, sizes, colours, shapes), or None when it states no
-    possible scene: a missing or repeated slot, or two objects of the same colour and shape."""
+    """The objects a description states (slot order, sizes, colours, shapes), or None when its slots do
+    not fit its count (a missing, extra or repeated slot)."""
     n = parsed.count
     if n not in SLOT_PHRASES or set(parsed.objects) != set(SLOT_PHRASES[n]) or parsed.duplicate_slots:
         return None
-    objs = tuple(Obj(colour, shape, size, col=i, row=0)
-                 for i, (size, colour, shape) in enumerate(parsed.objects[ph] for ph in SLOT_PHRASES[n]))
-    if len({(o.colour, o.shape) for o in objs}) < n:
-        return None
-    return Scene(objs)
+    return Scene(tuple(Obj(colour, shape, size, col=i, row=0)
+                       for i, (size, colour, shape) in enumerate(parsed.objects[ph] for ph in SLOT_PHRASES[n])))
 
 
 def is_coherent(text: str) -> bool:
     """True when ``text`` is, sentence for sentence, a description in the world's language of *some*
     possible scene: the count, one sentence per object in slot order, then the closing sentence that
     names the objects it described (for two objects: "the same size", or the left one "bigger"/"smaller"
-    than the right one). Reads only the text, never the ground truth: a grammatical answer that
-    describes two identical objects, compares objects it never described, or stops early is not
-    coherent; one that merely misreads a size or a colour is (it is wrong, not malformed)."""
+    than the right one). Reads only the text, never the ground truth: a grammatical answer that compares
+    objects it never described, compares an object with itself, or stops early is not coherent; one that
+    merely misreads a size or a colour is (it is wrong, not malformed)."""
     parsed = parse_description(text)
     if parsed.bad:
         return False
@@ -143,8 +140,9 @@ def is_coherent(text: str) -> bool:
     body = split_sentences(description(scene))[: 1 + n]
     closings = [[]]
     if n == 2:
-        closings = [["The two shapes are the same size."]] + [
-            [f"The {objs[0].name} is {rel} than the {objs[1].name}."] for rel in ("bigger", "smaller")]
+        closings = [["The two shapes are the same size."]]
+        if objs[0].name != objs[1].name:  # "the red square is bigger than the red square" means nothing
+            closings += [[f"The {objs[0].name} is {rel} than the {objs[1].name}."] for rel in ("bigger", "smaller")]
     elif n == 3:
         closings = [[], ["All three shapes are the same size."]]
     return parsed.sentences[: 1 + n] == body and parsed.sentences[1 + n:] in closings
