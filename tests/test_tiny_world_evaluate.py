@@ -32,7 +32,7 @@ def test_malformed_reasons():
     misread = ("There are two shapes. On the left is a large red circle. On the right is a large blue square. "
                "The red circle is bigger than the blue square.")  # a misread size: wrong, not malformed
     assert not judge_answer(misread, True, SCENE)["malformed"]
-    other = "There is one shape. It is a small green triangle."  # coherent, but not this image
+    other = "There is one shape. It is a small green triangle."  # coherent, not this image
     assert judge_answer(other, True, SCENE) == {"malformed": False, "reasons": [], "correct": False,
                                                 "attributes": {"size": 0.0, "colour": 0.0, "shape": 0.0, "count": 0.0}}
     wrong = good.replace("red", "green")  # a coherent description of another scene: well formed, wrong

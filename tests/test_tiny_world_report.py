@@ -19,7 +19,8 @@ def test_review_keeps_the_longest_coherent_part_and_rejects_the_rest(tmp_path):
     rows = [{"key": "a", "verdict": "keep", "text": good},
             {"key": "b", "verdict": "keep", "text": good + " There is one shape. It is a large red circle."},
             {"key": "c", "verdict": "keep", "text": "There are two shapes. The There is bigger than the red triangle."},
-            {"key": "d", "verdict": "keep", "text": "There is one shape. It is a tiny red circle. It is a large red circle."},
+            {"key": "d", "verdict": "keep",
+             "text": "There is one shape. It is a tiny red circle. It is a large red circle."},
             {"key": "e", "verdict": "reject", "reason": "too_short", "text": "square."}]
     (tmp_path / "filtered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path, counts = review_edits(tmp_path)
@@ -31,7 +32,8 @@ def test_review_keeps_the_longest_coherent_part_and_rejects_the_rest(tmp_path):
 
 
 def _result(answer: str, caption: str) -> dict:
-    sample = {"id": 0, "image": "test/0.jpg", "truth_caption": T.caption(SCENE), "truth_description": T.description(SCENE),
+    sample = {"id": 0, "image": "test/0.jpg", "truth_caption": T.caption(SCENE),
+              "truth_description": T.description(SCENE),
               "caption": caption, "caption_correct": T.caption_correct(caption, SCENE),
               "caption_attributes": caption_attributes(caption, SCENE), "instruction": T.INSTRUCTIONS[0],
               "answer": answer, "terminated": True, **judge_answer(answer, True, SCENE)}

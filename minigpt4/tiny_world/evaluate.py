@@ -25,7 +25,8 @@ from minigpt4.tiny_world import text as T
 from minigpt4.tiny_world.write import read_eval
 
 CAPTION_TOKENS = 24
-REASONS = ("no end_sym", "empty", "repeats a sentence", "sentence outside the grammar", "not a description of any scene")
+REASONS = ("no end_sym", "empty", "repeats a sentence", "sentence outside the grammar",
+           "not a description of any scene")
 ANSWER_TOKENS = 96
 
 
