@@ -13,6 +13,7 @@ the one of a single process that sees the whole global batch (token-weighted mea
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import signal
@@ -129,7 +130,10 @@ class RunnerBase:
         ignore += [n for n, _ in self.model.named_buffers()]
         DDP._set_params_and_buffers_to_ignore_for_model(self.model, ignore)
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None, broadcast_buffers=False)
+        # every buffer is ignored above; newer torch deprecates broadcast_buffers for forward_sync_buffers
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                   else {"broadcast_buffers": False})
+        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None, **no_sync)
 
     def _autocast(self):
         if self.amp_dtype is None:
