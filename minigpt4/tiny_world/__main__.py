@@ -8,8 +8,9 @@ the stage-2 images itself, the descriptions are cleaned and filtered with python
 and a second stage 2 is trained on that curated set), and an evaluation of the control, stage 1,
 stage 2 and stage 2 (curated) on the held-out images.
 
-How long: about 10 minutes on a quiet 2-core CPU for the full preset (about 2 minutes for --preset test);
-a second run with the same OUT reuses the data and the backbones.
+How long: about 15 minutes from nothing on a quiet 2-core CPU for the full preset, of which the frozen
+backbones take about 6; a second run with the same OUT reuses the data and the backbones. --preset test
+takes about 2 minutes.
 
 Where results go: OUT/report.json (every figure), OUT/report.html (a page with the held-out images, every
 model's answers and each stage's loss curve), OUT/runs/<stage>/tiny/ (checkpoints, log.txt, curves.png,
