@@ -17,8 +17,11 @@ object's colour and shape, left to right, and nothing else ("a red circle and a 
 <dt>malformed rate (conversation)</dt>
 <dd>The stage-2 training template (<code>###Human: &lt;Img&gt;...&lt;/Img&gt; instruction ###Assistant:</code>,
 the instructions of prompts/alignment.txt), greedy, up to {tokens} tokens. An answer is malformed when it does
-not end with <code>###</code> within that budget, is empty, repeats a sentence, or contains a sentence outside
-the world's description grammar (a fragment such as "The There is bigger than the red triangle.").</dd>
+not end with <code>###</code> within that budget, is empty, repeats a sentence, contains a sentence outside
+the world's description grammar (a fragment such as "The There is bigger than the red triangle."), or is
+not, sentence by sentence, the description of any possible scene (it compares objects it never described
+or an object with itself, stops before its closing sentence, or uses a slot its count rules out). These
+checks read only the answer, never the ground truth.</dd>
 <dt>description accuracy (conversation)</dt>
 <dd>The share of answers that are well formed and state exactly the ground truth: the number of shapes, each
 object's place, size, colour and shape, and the size comparison.</dd>
@@ -49,11 +52,15 @@ def _curation(summary: dict | None) -> str:
         return ""
     rejected = summary.get("rejected_by_reason", {})
     reasons = ", ".join(f"{html.escape(k)} {v}" for k, v in rejected.items()) or "none"
+    review = summary.get("review") or {}
+    reviewed = (f", the review ({html.escape(str(review.get('by', '')))}) edited {review.get('edited', 0)}"
+                if review else "")
     return (f"<h2>Curation</h2><p>The stage-1 model described {summary.get('described', 0)} training images with the "
             f"paper's prompt ({summary.get('continued', 0)} answers were continued with the paper's "
             f"<code>Continue</code> turn), the <code>{html.escape(str(summary.get('fixer', '')))}</code> fixer "
-            f"changed {summary.get('fixed', 0)}, the filter rejected {summary.get('rejected', 0)} ({reasons}) and "
-            f"{summary.get('kept', 0)} were kept as the curated stage-2 set.</p>")
+            f"changed {summary.get('changed_by_fixer', summary.get('fixed', 0))}{reviewed}, "
+            f"{summary.get('rejected', 0)} were rejected ({reasons}) and {summary.get('kept', 0)} were kept as the "
+            "curated stage-2 set.</p>")
 
 
 def _curves(curves: dict[str, Path]) -> str:
