@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 
 from PIL import Image
 
 from minigpt4.conversation.conversation import load_image
+from minigpt4.sharded_jsonl import JsonlOutput  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -98,42 +97,3 @@ def _samples(dataset, pattern: str) -> Iterator[Item]:
             continue
         data = sample[ext]
         yield Item(key, url, lambda d=data, w=f"{url}:{key}.{ext}": load_image_bytes(d, w), kind="shard")
-
-
-class JsonlOutput:
-    """Append-only JSONL with the keys already written; a partly written last line is cut off."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.done: set[str] = set()
-        if self.path.exists():
-            self._read()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a", encoding="utf-8")
-
-    def _read(self) -> None:
-        raw = self.path.read_bytes()
-        complete = raw[: raw.rfind(b"\n") + 1]
-        if len(complete) != len(raw):
-            log.warning("%s: dropping an unfinished last line (%d bytes) left by an interrupted run",
-                        self.path, len(raw) - len(complete))
-            with open(self.path, "r+b") as f:
-                f.truncate(len(complete))
-        for number, line in enumerate(complete.decode("utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                self.done.add(json.loads(line)["key"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{self.path}:{number}: not a caption row ({exc}); "
-                                 "use another --out or fix the file") from exc
-
-    def write(self, rows: list[dict]) -> None:
-        for row in rows:
-            self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
-            self.done.add(row["key"])
-        self.file.flush()
-        os.fsync(self.file.fileno())
-
-    def close(self) -> None:
-        self.file.close()

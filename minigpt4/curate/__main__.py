@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from minigpt4.curate.config import STAGES, CurateError, load
+from minigpt4.curate.config import STAGES, CurateError
 
 log = logging.getLogger("minigpt4.curate")
 
@@ -59,8 +59,13 @@ def run(args) -> dict:
         cfg = curate.load_config(args.config, curate_opts, images=args.images, work_dir=args.work_dir,
                                  num_images=args.num_images, seed=args.seed, fixer=args.fixer,
                                  export_out=args.export_out, review_edits=args.review_edits)
-        rank, world_size, _ = launcher_env() or (0, 1, 0)
         model_args = {"cfg_path": args.cfg_path, "options": model_opts, "device": args.device}
+        rank, world_size = 0, 1
+        if (launcher_env() or (0, 1, 0))[1] > 1:
+            from minigpt4.sharded_jsonl import launch_ranks
+
+            info = launch_ranks(args.device)
+            rank, world_size, model_args["device"] = info.rank, info.world_size, str(info.device)
         return curate.run(cfg, stages=args.stages, model_args=model_args, retry_failed=args.retry_failed,
                           force=args.force, rank=rank, world_size=world_size)
     except (CurateError, UsageError, ConfigError, CheckpointError, FileNotFoundError) as exc:

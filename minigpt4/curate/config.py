@@ -109,7 +109,7 @@ def _check(node, defaults: dict, prefix: str) -> None:
         path = f"curate.{prefix}{key}"
         if key not in defaults:
             close = difflib.get_close_matches(str(key), list(defaults), n=1, cutoff=0.6)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else f"; known: {', '.join(defaults)}"
+            hint = f" (did you mean {prefix + close[0]!r}?)" if close else f"; known: {', '.join(defaults)}"
             raise CurateError(f"unknown key {path}{hint}")
         default, value = defaults[key], node[key]
         if isinstance(default, dict):

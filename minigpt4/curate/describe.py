@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 from types import SimpleNamespace
 
 import torch
 
-from minigpt4.caption_io import JsonlOutput, ShardErrors
+from minigpt4.caption_io import ShardErrors
 from minigpt4.curate import sources
 from minigpt4.curate.workdir import WorkDir
+from minigpt4.sharded_jsonl import ShardedJsonl, rank_share
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +48,7 @@ def load_stage1_model(model_args: dict):
 
 
 class Describer:
-    def __init__(self, model, vis_processor, dcfg, output: JsonlOutput, image_dir):
+    def __init__(self, model, vis_processor, dcfg, output: ShardedJsonl, image_dir):
         self.model, self.vis_processor, self.dcfg, self.output = model, vis_processor, dcfg, output
         self.image_dir = image_dir
         self.pending = []  # (item, image path, pixels | None, error | None)
@@ -57,7 +59,7 @@ class Describer:
     def _keep_copy(self, item, image) -> str:
         """Shard images are saved under ``images/`` (PNG, lossless); folder images stay where they are."""
         if item.kind == "image":
-            return item.source
+            return os.path.abspath(item.source)  # later stages may run from another directory
         safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", item.key)[:80]
         name = f"{safe}-{hashlib.sha1(item.key.encode()).hexdigest()[:8]}.png"
         path = self.image_dir / name
@@ -69,7 +71,7 @@ class Describer:
         return str(path)
 
     def add(self, item) -> None:
-        pixels, error, where = None, item.error, (item.source if item.kind == "image" else None)
+        pixels, error, where = None, item.error, (os.path.abspath(item.source) if item.kind == "image" else None)
         if error is None:
             try:
                 image = item.load()
@@ -129,41 +131,47 @@ class Describer:
 def run_describe(cfg, work: WorkDir, *, model=None, vis_processor=None, model_args: dict | None = None,
                  rank: int = 0, world_size: int = 1) -> dict:
     """Describe the chosen images that are not in ``described.jsonl`` yet. ``model``/``vis_processor`` may be
-    given (an already loaded stage-1 model), else they are loaded from ``model_args``."""
+    given (an already loaded stage-1 model), else they are loaded from ``model_args``. Under several ranks
+    (the process group already joined), each rank describes its :func:`rank_share` of what is left and
+    rank 0 merges the part files in input order."""
+    from minigpt4.common import dist
+
     shard_errors = ShardErrors()
-    items = sources.select(cfg.images, cfg.num_images, int(cfg.seed), shard_errors)
-    output = JsonlOutput(work.path("describe"))
-    todo, done = [], 0
-    for item in items:
-        if item.key in output.done:
-            done += 1
-        else:
-            todo.append(item)
-    todo = todo[rank::world_size]
-    counts = {"described": 0, "continued": 0, "errors": 0, "already_done": done}
-    if not todo:
-        output.close()
-        log.info("describe: nothing to do (%d images already in %s)", done, output.path)
-        return counts
-    if model is None:
-        model, vis_processor = load_stage1_model(model_args or {})
-    describer = Describer(model, vis_processor, cfg.describe, output, work.images)
-    log.info("describe: %d images (%d already done), batch %d, prompt %r", len(todo), done,
-             int(cfg.describe.batch_size), first_prompt(cfg.describe))
+    keys, unique = [], set()
+    for item in sources.select(cfg.images, cfg.num_images, int(cfg.seed), ShardErrors()):  # listing pass
+        if item.key in unique:
+            log.warning("describe %s: a second sample with this key is left out", item.key)
+            continue
+        unique.add(item.key)
+        keys.append(item.key)
+    output = ShardedJsonl(work.path("describe"), rank, world_size)
+    dist.barrier()  # every rank has read what is done before any rank writes
+    left = [k for k in keys if k not in output.done]
+    mine = set(rank_share(left, rank, world_size))
+    counts = {"described": 0, "continued": 0, "errors": 0, "already_done": len(keys) - len(left)}
+    describer = None
     try:
-        seen = set()
-        for n, item in enumerate(todo, 1):
-            if item.key in seen:
-                log.warning("describe %s: a second sample with this key is left out", item.key)
-                describer.counts["duplicates"] = describer.counts.get("duplicates", 0) + 1
-                continue
-            seen.add(item.key)
-            describer.add(item)
-            if n % (10 * int(cfg.describe.batch_size)) == 0:
-                log.info("describe: %d/%d", n, len(todo))
-        describer.flush()
-    finally:
-        output.close()
-    counts.update(describer.counts, shard_errors=len(shard_errors.errors))
+        if mine:
+            if model is None:
+                model, vis_processor = load_stage1_model(model_args or {})
+            describer = Describer(model, vis_processor, cfg.describe, output, work.images)
+            log.info("describe: %d images here (%d left of %d), batch %d, prompt %r", len(mine), len(left),
+                     len(keys), int(cfg.describe.batch_size), first_prompt(cfg.describe))
+            done_here = 0
+            for item in sources.select(cfg.images, cfg.num_images, int(cfg.seed), shard_errors):
+                if item.key in mine:
+                    mine.discard(item.key)  # a duplicate key is described once
+                    describer.add(item)
+                    done_here += 1
+                    if done_here % (10 * int(cfg.describe.batch_size)) == 0:
+                        log.info("describe: %d/%d", done_here, done_here + len(mine))
+            describer.flush()
+    except BaseException:
+        output.close()  # rows written so far stay; the next run merges and skips them
+        raise
+    output.finish(order=keys)
+    if describer is not None:
+        counts.update(describer.counts)
+    counts["shard_errors"] = len(shard_errors.errors)
     log.info("describe: %s", counts)
     return counts

@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import re
 
-from minigpt4.caption_io import JsonlOutput
+from minigpt4.sharded_jsonl import JsonlOutput
 from minigpt4.curate import text_rules
 from minigpt4.curate.config import CurateError
 from minigpt4.curate.workdir import WorkDir, by_key, digest, prune

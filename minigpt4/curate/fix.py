@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 
-from minigpt4.caption_io import JsonlOutput
+from minigpt4.sharded_jsonl import JsonlOutput
 from minigpt4.curate.fixers import make_fixer
 from minigpt4.curate.workdir import WorkDir, by_key, digest, prune, write_json
 
@@ -60,9 +60,11 @@ def run_fix(cfg, work: WorkDir, *, retry_failed: bool = False, fixer=None) -> di
             output.write([row])
     finally:
         output.close()
-        usage = add_usage(work, fixer.name, fixer.stats())
+        counts["usage"] = fixer.stats()
+        usage = add_usage(work, fixer.name, counts["usage"])
         fixer.close()
-    log.info("fix: %d fixed, %d failed; usage so far %s", counts["fixed"], counts["fix_failed"], usage)
+    log.info("fix: %d fixed, %d failed; this run %s; all runs %s", counts["fixed"], counts["fix_failed"],
+             counts["usage"], usage)
     return counts
 
 

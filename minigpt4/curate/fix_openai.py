@@ -4,7 +4,8 @@ The API key is read from the environment variable named by ``curate.fix.openai.a
 never written anywhere (not in rows, not in the summary, not in log lines). Requests run on a thread
 pool of ``concurrency`` workers; each one is retried ``max_retries`` times on connection errors,
 timeouts, 429 and 5xx answers, waiting ``backoff_initial`` seconds doubled after every failure (at most
-``backoff_max``). A row that still fails is a :class:`FixResult` with ``error``; the run goes on.
+``backoff_max``). A row that still fails is a :class:`FixResult` with ``error``; the run goes on. Answers
+every row would get (401, 403, 404) stop the stage with a one-line error instead; rows fixed so far stay.
 Token counts come from each answer's ``usage``; the cost is counted when per-token prices are set.
 """
 from __future__ import annotations
@@ -21,6 +22,10 @@ from minigpt4.curate.fixers import Fixer, FixResult
 log = logging.getLogger(__name__)
 
 _RETRY_STATUS = {408, 409, 429}
+# answers that every row would get: the run stops with one line naming the key to check
+_FATAL_STATUS = {401: "curate.fix.openai.api_key_env: the server refused the key (HTTP 401)",
+                 403: "curate.fix.openai.api_key_env: the key may not use this model (HTTP 403)",
+                 404: "curate.fix.openai.base_url / curate.fix.openai.model: no such endpoint or model (HTTP 404)"}
 
 
 def _describe(exc) -> str:
@@ -107,6 +112,9 @@ class OpenAIFixer(Fixer):
                     model=self.cfg.model, messages=self.messages(text), temperature=float(self.cfg.temperature),
                     max_tokens=int(self.cfg.max_tokens))
             except Exception as exc:  # noqa: BLE001  (the client's errors; anything else is reported per row)
+                status = getattr(exc, "status_code", None)
+                if status in _FATAL_STATUS:
+                    raise CurateError(f"{_FATAL_STATUS[status]} at {self.cfg.base_url}") from None
                 reason = _describe(exc)
                 if not _retryable(exc) or attempt == attempts:
                     break

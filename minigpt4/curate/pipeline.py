@@ -55,6 +55,10 @@ def run(cfg, *, stages="all", model=None, vis_processor=None, model_args: dict |
     if force and rank == 0:
         for name in names:
             _clear(cfg, work, name)
+    if force and world_size > 1:
+        from minigpt4.common import dist
+
+        dist.barrier()
     results = {}
     for name in names:
         if name == "describe":
