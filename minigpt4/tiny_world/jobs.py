@@ -1,11 +1,13 @@
-"""Child processes of the tiny world that run side by side (backbone pretraining): each writes its output to
-its own log file, the console shows one progress display for all of them (the jobs' steps, read from the
-files they write), and a failed job prints the end of its log."""
+"""Child processes of the tiny world (``train.py`` under torchrun, backbone pretraining): each writes its
+output to its own log file, the console shows one progress display at a time (the jobs' steps, read
+from the files they write), and a failed job prints the end of its log."""
 from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,12 @@ STEP_LINE = re.compile(r"epoch (\d+) \[(\d+)/(\d+)\]")
 def child_env(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore::FutureWarning", **extra}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and every child it has waited for."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass
@@ -104,3 +112,8 @@ def run_jobs(jobs: list[Job], desc: str, poll: float = 1.0) -> None:
         raise RuntimeError(f"{failed.name} failed (exit code {failed.proc.returncode}); end of {failed.log_path}:\n"
                            f"{failed.tail()}")
 
+
+def torchrun(nproc: int, script: Path, args: list[str]) -> list[str]:
+    """``torchrun --standalone``: each launch finds its own free rendezvous port, so runs can go side by side."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            str(script), *args]
