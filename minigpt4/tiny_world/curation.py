@@ -45,7 +45,8 @@ MIN_LENGTH = 30
 
 
 def curate_stage2_set(images: Path, work_dir: Path, model, processor, *, fixer: str = "rules",
-                      review: bool = True, batch_size: int = 50, max_new_tokens: int = 96) -> tuple[Path, dict]:
+                      review: bool = True, num_images: int | None = None, batch_size: int = 50,
+                      max_new_tokens: int = 96) -> tuple[Path, dict]:
     """Run the curation from scratch with an already loaded stage-1 model; returns the exported
     ``cc_sbu_align`` folder and the summary (described, continued, fixed, changed, rejected by reason, kept)."""
     from minigpt4 import curate
@@ -54,7 +55,7 @@ def curate_stage2_set(images: Path, work_dir: Path, model, processor, *, fixer: 
     work_dir = Path(work_dir)
     export = work_dir / "cc_sbu_align"
     options = [f"describe.batch_size={batch_size}", f"describe.max_new_tokens={max_new_tokens}",
-               f"filter.min_length={MIN_LENGTH}"]
+               f"filter.min_length={MIN_LENGTH}", f"num_images={'null' if num_images is None else num_images}"]
     cfg = curate.load_config(None, options, images=images, work_dir=work_dir, fixer=fixer, export_out=export)
     (work_dir / "reviewed.jsonl").unlink(missing_ok=True)  # made again below, from the new verdicts
     curate.run(cfg, stages="describe,fix,filter", model=model, vis_processor=processor, force=True)

@@ -72,12 +72,13 @@ class Job:
 
 
 def run_jobs(jobs: list[Job], desc: str, poll: float = 1.0) -> None:
-    """Start ``jobs`` side by side, show one progress bar for all of them, wait; a failure stops the others
-    and raises with the end of the failed job's log."""
+    """Start ``jobs`` side by side (those not started yet), show one progress bar for all of them, wait; a
+    failure stops the others and raises with the end of the failed job's log."""
     from tqdm import tqdm
 
     for job in jobs:
-        job.start()
+        if job.proc is None:
+            job.start()
     bar = tqdm(total=sum(j.total for j in jobs), desc=desc, unit="step", dynamic_ncols=True, mininterval=1)
     failed = None
     try:

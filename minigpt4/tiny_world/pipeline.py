@@ -1,7 +1,9 @@
 """The tiny world end to end: data -> frozen backbones -> stage 1 (``train.py`` under ``torchrun``) ->
 the paper's curation loop (the stage-1 model makes its own stage-2 set) -> stage 2 on the ground-truth
-descriptions and stage 2 on the curated set, side by side -> evaluation of the control (projection at
-initialisation), stage 1, stage 2 and stage 2 (curated) on the held-out images."""
+descriptions and stage 2 on the curated set -> evaluation of the control (projection at initialisation),
+stage 1, stage 2 and stage 2 (curated) on the held-out images. After stage 1, work runs two at a time on
+the two cores: stage 2 (ground truth) trains while the curation runs, stage 2 (curated) while the control
+and stage 1 are evaluated."""
 from __future__ import annotations
 
 import json
@@ -141,25 +143,41 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
     run_jobs([stage_job(out, preset, "stage1", nproc)], "stage 1: train.py under torchrun")
     ckpt1 = latest_checkpoint(out / "runs" / "stage1" / JOB)
     clock.mark("stage1")
-    log("[tiny world] curation: the stage-1 model describes the stage-2 training images (python -m minigpt4.curate)")
-    model1, processor = load_model(out, preset, ckpt1)
-    curated, curation = curate_stage2_set(out / "data" / "cc_sbu_align" / "image", out / "curate", model1, processor,
-                                          review=preset.review)
-    log(f"[tiny world] curation kept {curation['kept']} of {curation['described']} descriptions -> {curated}")
-    clock.mark("curation")
-    if curation["kept"] < preset.stage2_batch():
-        raise RuntimeError(f"the curation kept {curation['kept']} descriptions, fewer than one stage-2 batch "
-                           f"({preset.stage2_batch()}); see {out / 'curate'}")
-    jobs = [stage_job(out, preset, "stage2", 1, ckpt=ckpt1),
-            stage_job(out, preset, "stage2_curated", 1, ckpt=ckpt1, data=curated)]
-    run_jobs(jobs, "stage 2 (ground truth) + stage 2 (curated), side by side")
-    ckpts = {"stage1": ckpt1, **{j.name: latest_checkpoint(out / "runs" / j.name / JOB) for j in jobs}}
+    # Two cores, four things left to do: stage 2 (ground truth) trains in its own process while this one
+    # curates; stage 2 (curated) trains while this one evaluates the control and stage 1.
+    ground_truth = stage_job(out, preset, "stage2", 1, ckpt=ckpt1).start()
+    curated_job = None
+    try:
+        torch.set_num_threads(1)
+        log("[tiny world] curation (python -m minigpt4.curate): the stage-1 model describes the stage-2 training "
+            "images, while stage 2 (ground truth) trains")
+        model1, processor = load_model(out, preset, ckpt1)
+        curated, curation = curate_stage2_set(out / "data" / "cc_sbu_align" / "image", out / "curate", model1,
+                                              processor, review=preset.review, num_images=preset.curate_images,
+                                              batch_size=preset.curate_batch)
+        log(f"[tiny world] curation kept {curation['kept']} of {curation['described']} descriptions -> {curated}")
+        clock.mark("curation")
+        if curation["kept"] < preset.stage2_batch():
+            raise RuntimeError(f"the curation kept {curation['kept']} descriptions, fewer than one stage-2 batch "
+                               f"({preset.stage2_batch()}); see {out / 'curate'}")
+        curated_job = stage_job(out, preset, "stage2_curated", 1, ckpt=ckpt1, data=curated).start()
+        results = {}
+        for name, ckpt in (("control", None), ("stage1", ckpt1)):
+            log(f"[tiny world] evaluate {name}, while stage 2 trains")
+            results[name] = evaluate_stage(out, preset, name, ckpt, *((model1, processor) if ckpt else ()))
+        run_jobs([ground_truth, curated_job], "stage 2 (ground truth) + stage 2 (curated)")
+    finally:
+        for job in (ground_truth, curated_job):
+            if job is not None and job.proc.poll() is None:
+                job.proc.terminate()
+                job.proc.wait()
+    ckpts = {"stage1": ckpt1, **{j.name: latest_checkpoint(out / "runs" / j.name / JOB)
+                                 for j in (ground_truth, curated_job)}}
     clock.mark("stage2")
-    results = {}
-    for name in MODELS:
+    torch.set_num_threads(2)
+    for name in ("stage2", "stage2_curated"):
         log(f"[tiny world] evaluate {name}")
-        results[name] = evaluate_stage(out, preset, name, ckpts.get(name),
-                                       *((model1, processor) if name == "stage1" else ()))
+        results[name] = evaluate_stage(out, preset, name, ckpts[name])
     clock.mark("evaluation")
     curves = {name: out / "runs" / name / JOB / "curves.png" for name in ("stage1", "stage2", "stage2_curated")}
     page = write_page(out / "report.html", results, out / "data" / "eval", curves=curves, curation=curation)

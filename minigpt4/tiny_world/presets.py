@@ -20,6 +20,8 @@ class Preset:
     stage2: dict = field(default_factory=dict)
     eval_images: int = 200
     review: bool = True  # the curation's manual pass, played by the world's grammar (see curation.py)
+    curate_images: int | None = None  # stage-2 training images the stage-1 model describes (None: all)
+    curate_batch: int = 50
 
     def stage2_batch(self) -> int:
         """Stage 2's global batch (the config's per-process batch for 2 processes, unless the preset sets it)."""
