@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt4.curate.config import CONTINUE_INSTRUCTION, DESCRIBE_INSTRUCTION, PAPER_TEMPLATE
+from minigpt4.curate.config import DESCRIBE_INSTRUCTION, PAPER_TEMPLATE
 from minigpt4.tiny_world import text as T
 from minigpt4.tiny_world.scenes import WorldSpec
 from minigpt4.tiny_world.write import scenes
@@ -41,9 +41,9 @@ class LMSpec:
     intermediate_size: int = 384
     batch_size: int = 32
     lr: float = 2e-3
-    max_steps: int = 1600
-    min_steps: int = 1600  # the whole schedule: an annealed LM reads image tokens more reliably
-    eval_every: int = 200
+    max_steps: int = 800
+    min_steps: int = 800  # the whole schedule: an annealed LM reads image tokens more reliably
+    eval_every: int = 400
     gate: float = 0.97  # text-only copy accuracy (captions and conversations) needed to stop early
     world: WorldSpec = WorldSpec()
 
@@ -55,7 +55,6 @@ def tokenizer_corpus(seed: int, world: WorldSpec, n: int = 3000) -> list[str]:
     for s in scenes(seed, "spm", n, world):
         lines.append(T.header(s) + CAPTION_CUE + " " + T.caption(s))
         lines.append(T.conversation_prompt(rng.choice(T.INSTRUCTIONS), T.header(s)) + T.description(s) + T.END_SYM)
-        lines.append(describe_prompt(T.header(s)) + T.description(s) + " " + PAPER_TEMPLATE.format(CONTINUE_INSTRUCTION))
     return lines
 
 
@@ -125,6 +124,8 @@ def sequence(seg: Segmenter, scene, kind: str, rng: random.Random) -> tuple[list
     """(token ids, context length): the loss covers only what follows the context, so the unpredictable
     object list never dominates the gradient and the model spends its capacity on reading it."""
     eos = seg.tok.eos_token_id
+    if kind == "chat" and rng.random() < DESCRIBE_SHARE:
+        kind = "describe"
     if kind == "caption":
         context, answer = caption_context(seg, scene), seg(T.caption(scene) + "\n")
     elif kind == "description":
@@ -136,7 +137,8 @@ def sequence(seg: Segmenter, scene, kind: str, rng: random.Random) -> tuple[list
     return context + answer + [eos], len(context)
 
 
-KINDS = (("caption", 0.35), ("description", 0.15), ("chat", 0.3), ("describe", 0.2))
+KINDS = (("caption", 0.4), ("description", 0.2), ("chat", 0.4))
+DESCRIBE_SHARE = 0.2  # of the conversations: the curation's describe prompt, next to the four stage-2 instructions
 
 
 def batch_tensors(seqs: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

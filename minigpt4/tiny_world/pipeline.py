@@ -125,7 +125,7 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
     from minigpt4.tiny_world.curation import curate_stage2_set
     from minigpt4.tiny_world.page import write_page
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # this process's model work is small: one thread, next to a training process
     try:  # the tiny backbones load in milliseconds: no "Loading weights" bars
         from transformers.utils import logging as hf_logging
 
@@ -148,7 +148,6 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
     ground_truth = stage_job(out, preset, "stage2", 1, ckpt=ckpt1).start()
     curated_job = None
     try:
-        torch.set_num_threads(1)
         log("[tiny world] curation (python -m minigpt4.curate): the stage-1 model describes the stage-2 training "
             "images, while stage 2 (ground truth) trains")
         model1, processor = load_model(out, preset, ckpt1)
@@ -174,7 +173,6 @@ def run(out: Path, preset, nproc: int = 2, log=print) -> dict:
     ckpts = {"stage1": ckpt1, **{j.name: latest_checkpoint(out / "runs" / j.name / JOB)
                                  for j in (ground_truth, curated_job)}}
     clock.mark("stage2")
-    torch.set_num_threads(2)
     for name in ("stage2", "stage2_curated"):
         log(f"[tiny world] evaluate {name}")
         results[name] = evaluate_stage(out, preset, name, ckpts[name])
