@@ -138,7 +138,7 @@ def sequence(seg: Segmenter, scene, kind: str, rng: random.Random) -> tuple[list
 
 
 KINDS = (("caption", 0.4), ("description", 0.2), ("chat", 0.4))
-DESCRIBE_SHARE = 0.2  # of the conversations: the curation's describe prompt, next to the four stage-2 instructions
+DESCRIBE_SHARE = 0.1  # of the conversations: the curation's describe prompt, next to the four stage-2 instructions
 
 
 def batch_tensors(seqs: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
