@@ -43,7 +43,7 @@ class VisionSpec:
     num_query_token: int = 8
     batch_size: int = 64
     lr: float = 1e-3
-    max_steps: int = 1500
+    max_steps: int = 1200
     min_steps: int = 400
     eval_every: int = 200
     gate: float = 0.99  # colour, shape, size and column (per slot) this accurate on held-out images to stop early
