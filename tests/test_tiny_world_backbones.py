@@ -6,8 +6,11 @@ from dataclasses import replace
 import torch
 from omegaconf import OmegaConf
 
-from minigpt4.tiny_world.lm import LMSpec, pretrain_lm, sentencepiece_size
-from minigpt4.tiny_world.vision import ImageStream, VisionSpec, pretrain_vision
+from minigpt4.tiny_world import text as T
+from minigpt4.tiny_world.lm import LMSpec, Segmenter, chat_context, pretrain_lm, sentencepiece_size
+from minigpt4.tiny_world.scenes import Scene
+from minigpt4.tiny_world.vision import Heads, ImageStream, VisionSpec, loss_and_accuracy, pretrain_vision, targets
+from minigpt4.tiny_world.write import scenes
 
 
 def test_language_model_folder_loads_with_from_pretrained(tmp_path):
@@ -16,8 +19,15 @@ def test_language_model_folder_loads_with_from_pretrained(tmp_path):
     spec = LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, batch_size=4, max_steps=3,
                   min_steps=3, eval_every=3)
     report = pretrain_lm(tmp_path / "llm", spec)
-    assert report["steps"] == 3 and set(report["copy_accuracy"]) >= {"caption", "chat"}
+    assert report["steps"] == 3 and set(report["copy_accuracy"]) >= {"caption", "chat", "describe"}
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "llm"))
+    # the language model reads the object list under the curation's own describe prompt, as MiniGPT4 lays it out
+    from minigpt4.curate.describe import first_prompt
+    from minigpt4.curate.config import DEFAULTS
+
+    scene, seg = scenes(0, "check", 1, spec.world)[0], Segmenter(tok)
+    before, after = first_prompt(OmegaConf.create(DEFAULTS["describe"])).split("<ImageHere>")
+    assert chat_context(seg, scene, None) == [tok.bos_token_id] + seg(before) + seg(T.header(scene)) + seg(after)
     assert len(tok) == sentencepiece_size(tmp_path / "llm") and len(tok) > 256  # not the empty-tokenizer trap
     for symbol in ("###", "<Img>", "</Img>", "<ImageHere>", "$$"):
         assert tok.convert_ids_to_tokens(tok(symbol, add_special_tokens=False).input_ids) == [symbol]
@@ -50,3 +60,31 @@ def test_vision_tower_exports_original_files_that_the_model_config_loads(tmp_pat
     a = torch.load(tmp_path / "blip2_qformer.pth", weights_only=True)["model"]
     b = torch.load(tmp_path / "again" / "blip2_qformer.pth", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_vision_heads_give_each_group_of_query_tokens_one_slot():
+    heads = Heads(hidden=4, tokens=8, slots=2, grid=7)
+    assert heads.slot_of.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    one = Scene.from_json([{"colour": "red", "shape": "circle", "size": "large", "col": 2, "row": 3}])
+    two = Scene.from_json([{"colour": "blue", "shape": "square", "size": "small", "col": 1, "row": 2},
+                           {"colour": "green", "shape": "triangle", "size": "large", "col": 5, "row": 4}])
+    t = targets([one, two], slots=2)
+
+    def logits_from(slot_of):  # a head that names, at each token, the object of slot ``slot_of[token]``
+        out = {}
+        for k, n in heads.sizes.items():
+            target = t[k].clone()
+            if k == "column":
+                target[target < 0] = n
+            out[k] = torch.nn.functional.one_hot(target[:, slot_of], n + 1).float() * 10
+        out["presence"] = t["presence"] * 20 - 10
+        return out
+
+    heads.forward = lambda feats: logits_from(heads.slot_of)
+    _, right = loss_and_accuracy(heads, torch.zeros(2, 8, 4), t)
+    assert all(right[k] == 1.0 for k in ("colour", "shape", "size", "column", "presence"))
+    swapped = heads.slot_of.clone()
+    swapped[3] = 1  # one token of the left group reads the right object: the left slot is wrong everywhere
+    heads.forward = lambda feats: logits_from(swapped)
+    _, wrong = loss_and_accuracy(heads, torch.zeros(2, 8, 4), t)
+    assert wrong["colour"] == 0.5  # 2 images x 2 slots, the two left slots now wrong

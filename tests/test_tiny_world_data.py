@@ -77,7 +77,7 @@ def test_scenes_follow_the_rules(max_objects):
             assert img.getpixel((centre(spec, o.col), centre(spec, o.row))) != (215, 215, 215)
         d = T.description(s)
         parsed = T.parse_description(d)
-        assert not parsed.bad and T.description_matches(parsed, s)
+        assert not parsed.bad and T.description_matches(parsed, s) and T.is_coherent(d)
 
 
 def test_parser_rejects_fragments_and_wrong_facts():

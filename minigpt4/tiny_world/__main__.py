@@ -3,16 +3,18 @@
 What it builds, in OUT: synthetic images of coloured shapes (LAION-style webdataset shards, a cc_sbu_align
 folder, 200 held-out images), two tiny frozen backbones pretrained by the library (a Llama language model
 and an EVA-style ViT + Q-Former, built once and reused), then stage 1 (captions) and stage 2 (detailed
-descriptions) through train.py under torchrun, and an evaluation of the control (projection at
-initialisation), stage 1 and stage 2 on the held-out images.
+descriptions) through train.py under torchrun, the paper's curation loop (the stage-1 model describes
+the stage-2 images itself, the descriptions are cleaned and filtered with python -m minigpt4.curate while
+stage 2 trains on the ground truth, and a second stage 2 is trained on that curated set), and an
+evaluation of the control, stage 1, stage 2 and stage 2 (curated) on the held-out images.
 
-How long: about 11 minutes from nothing on a quiet 2-core CPU for the full preset, of which the frozen
-backbones take about 6; a second run with the same OUT reuses the data and the backbones. --preset test
-takes about 2 minutes.
+How long: about 910 CPU seconds from nothing for the full preset (about 8 minutes on a quiet 2-core CPU,
+of which the frozen backbones take about 4.5; measured 14 minutes on a machine shared at load 17-33); a
+second run with the same OUT reuses the data and the backbones. --preset test takes about 2 minutes.
 
 Where results go: OUT/report.json (every figure), OUT/report.html (a page with the held-out images, every
-model's answers, linking each stage's loss curve), OUT/runs/<stage>/tiny/ (checkpoints, log.txt, curves.png),
-OUT/eval/ (per-model samples).
+model's answers and each stage's loss curve), OUT/runs/<stage>/tiny/ (checkpoints, log.txt, curves.png,
+train.log), OUT/curate/ (the curation's files and its cc_sbu_align export), OUT/eval/ (per-model samples).
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="full: the documented run; test: a shrunken run with smaller backbones and fewer steps, "
                         "same code path (default: full)")
     p.add_argument("--nproc", type=int, default=2,
-                   help="training processes per stage (torchrun) (default: 2)")
+                   help="processes for stage 1 (torchrun); the two stage-2 runs use one process each, side by "
+                        "side (default: 2)")
     return p.parse_args(argv)
 
 

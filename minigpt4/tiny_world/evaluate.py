@@ -6,13 +6,14 @@ Two measurements, both greedy and batched through ``MiniGPT4``'s own generation 
   and shape named correctly, left to right, and nothing else; plus per-attribute accuracies.
 - **conversation** (the exact stage-2 training template, instructions of ``prompts/alignment.txt``): an
   answer is *malformed* when it does not end with ``end_sym`` within the token budget, is empty, repeats a
-  sentence, or contains a sentence outside the world's description grammar. *Description accuracy* = the
-  share of answers that are well formed and state exactly the ground truth.
+  sentence, contains a sentence outside the world's description grammar, or, sentence by sentence, is not
+  the description of any possible scene (:func:`~minigpt4.tiny_world.text.is_coherent`: a comparison of
+  objects it never described or of an object with itself, a missing sentence, a slot the count rules out).
+  None of this reads the ground truth. *Description accuracy* = the share of answers that are well formed
+  and state exactly the ground truth.
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
 from pathlib import Path
 
@@ -23,6 +24,8 @@ from minigpt4.tiny_world import text as T
 from minigpt4.tiny_world.write import read_eval
 
 CAPTION_TOKENS = 24
+REASONS = ("no end_sym", "empty", "repeats a sentence", "sentence outside the grammar",
+           "not a description of any scene")
 ANSWER_TOKENS = 96
 
 
@@ -49,6 +52,8 @@ def judge_answer(answer: str, terminated: bool, scene) -> dict:
         reasons.append("repeats a sentence")
     if parsed.bad:
         reasons.append("sentence outside the grammar")
+    if not reasons and not T.is_coherent(answer):  # only when nothing above explains it
+        reasons.append("not a description of any scene")
     correct = not reasons and T.description_matches(parsed, scene)
     return {"malformed": bool(reasons), "reasons": reasons, "correct": correct,
             "attributes": T.description_attributes(parsed, scene)}
@@ -104,7 +109,7 @@ def summarize(samples: list[dict]) -> dict:
         "caption_per_attribute": {k: _mean(s["caption_attributes"][k] for s in samples) for k in keys_c},
         "malformed_rate": _mean(s["malformed"] for s in samples),
         "malformed_reasons": {r: sum(r in s["reasons"] for s in samples)
-                              for r in ("no end_sym", "empty", "repeats a sentence", "sentence outside the grammar")},
+                              for r in REASONS},
         "description_accuracy": _mean(s["correct"] for s in samples),
         "description_per_attribute": {k: _mean(s["attributes"][k] for s in samples) for k in keys_d},
         "samples": samples,
@@ -113,54 +118,3 @@ def summarize(samples: list[dict]) -> dict:
 
 def write_json(path: Path, result: dict) -> None:
     Path(path).write_text(json.dumps(result, indent=1))
-
-
-METRICS_HTML = (
-    "<dl><dt>attribute accuracy</dt><dd>caption format (image tokens only, no prompt, as stage 1 trains): the "
-    "share of images whose caption names every object's colour and shape correctly, left to right, and nothing "
-    "else. Stage 2 scores 0 here by design: it replaces the caption behaviour with the conversation behaviour, "
-    "as in the paper.</dd><dt>malformed rate</dt><dd>conversation format (the stage-2 training template and "
-    "instructions): the share of answers that do not end with end_sym within the token budget, are empty, "
-    "repeat a sentence, or contain a sentence outside the world's description grammar.</dd>"
-    "<dt>description accuracy</dt><dd>the share of conversation answers that are well formed and state exactly "
-    "the ground truth (count, every object's size, colour and shape in order, the size comparison).</dd></dl>")
-
-
-def write_html(path: Path, results: dict[str, dict], image_root: Path, max_images: int = 40,
-               curves: dict[str, Path] | None = None) -> Path:
-    """A self-contained page: the metrics and their definitions, links to each stage's loss curve, and the first
-    ``max_images`` held-out images (inline) with the ground truth and every model's outputs."""
-    names = list(results)
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    summary = "".join(
-        f"<tr><td>{html.escape(n)}</td><td>{r['attribute_accuracy']:.3f}</td><td>{r['malformed_rate']:.3f}</td>"
-        f"<td>{r['description_accuracy']:.3f}</td></tr>" for n, r in results.items())
-    rows = []
-    every = results[names[0]]["samples"]
-    first = every[:max_images]
-    links = "".join(f"<li><a href='{html.escape(Path(p).as_posix())}'>{html.escape(n)} loss curve</a></li>"
-                    for n, p in (curves or {}).items())
-    for i, s in enumerate(first):
-        data = base64.b64encode((Path(image_root) / s["image"]).read_bytes()).decode()
-        cells = []
-        for n in names:
-            o = results[n]["samples"][i]
-            mark = lambda ok: "ok" if ok else "wrong"  # noqa: E731
-            flags = "malformed: " + ", ".join(o["reasons"]) if o["malformed"] else mark(o["correct"])
-            cells.append(f"<td><b>caption</b> ({mark(o['caption_correct'])}): {html.escape(o['caption'])}<br>"
-                         f"<b>{html.escape(o['instruction'])}</b> ({html.escape(flags)}): "
-                         f"{html.escape(o['answer'])}</td>")
-        rows.append(f"<tr><td><img src='data:image/jpeg;base64,{data}' width=112><br>"
-                    f"<small>{html.escape(s['truth_caption'])}<br>{html.escape(s['truth_description'])}</small></td>"
-                    + "".join(cells) + "</tr>")
-    page = ("<!doctype html><meta charset='utf-8'><title>MiniGPT-4 tiny world</title>"
-            "<style>body{font-family:sans-serif}td{vertical-align:top;border-top:1px solid #ccc;padding:4px;"
-            "max-width:340px;font-size:13px}</style><h1>MiniGPT-4 tiny world: held-out images</h1>"
-            "<table><tr><th>model</th><th>attribute accuracy</th><th>malformed rate</th>"
-            f"<th>description accuracy</th></tr>{summary}</table>{METRICS_HTML}"
-            + (f"<h2>Training curves</h2><ul>{links}</ul>" if links else "")
-            + f"<h2>The first {len(first)} of the {len(every)} held-out images</h2>"
-            f"<table><tr><th>image / truth</th>{head}</tr>"
-            + "".join(rows) + "</table>")
-    Path(path).write_text(page)
-    return Path(path)

@@ -1,11 +1,13 @@
-"""Child processes of the tiny world that run side by side (backbone pretraining): each writes its output to
-its own log file, the console shows one progress display for all of them (the jobs' steps, read from the
-files they write), and a failed job prints the end of its log."""
+"""Child processes of the tiny world (``train.py`` under torchrun, backbone pretraining): each writes its
+output to its own log file, the console shows one progress display at a time (the jobs' steps, read
+from the files they write), and a failed job prints the end of its log."""
 from __future__ import annotations
 
 import os
 import re
+import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,12 @@ def child_env(**extra) -> dict:
     path = os.pathsep.join([str(PACKAGE_PARENT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1", "PYTHONWARNINGS": "ignore::FutureWarning", "PYTHONPATH": path, **extra}
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and every child it has waited for."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 @dataclass
@@ -66,12 +74,13 @@ class Job:
 
 
 def run_jobs(jobs: list[Job], desc: str, poll: float = 1.0) -> None:
-    """Start ``jobs`` side by side, show one progress bar for all of them, wait; a failure stops the others
-    and raises with the end of the failed job's log."""
+    """Start ``jobs`` side by side (those not started yet), show one progress bar for all of them, wait; a
+    failure stops the others and raises with the end of the failed job's log."""
     from tqdm import tqdm
 
     for job in jobs:
-        job.start()
+        if job.proc is None:
+            job.start()
     bar = tqdm(total=sum(j.total for j in jobs), desc=desc, unit="step", dynamic_ncols=True, mininterval=1)
     failed = None
     try:
@@ -106,3 +115,9 @@ def run_jobs(jobs: list[Job], desc: str, poll: float = 1.0) -> None:
         raise RuntimeError(f"{failed.name} failed (exit code {failed.proc.returncode}); end of {failed.log_path}:\n"
                            f"{failed.tail()}")
 
+
+def torchrun(nproc: int, args: list[str]) -> list[str]:
+    """``torchrun --standalone ... --module minigpt4.train``: each launch finds its own free rendezvous port, so
+    runs can go side by side; the training entry point is the package's, so an installed wheel works too."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "--module", "minigpt4.train", *args]

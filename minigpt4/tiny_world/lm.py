@@ -1,8 +1,9 @@
 """The tiny world's frozen language model: a SentencePiece tokenizer and a small ``LlamaForCausalLM``
 pretrained on the world's language, saved as a Hugging Face folder (loaded with ``from_pretrained``).
 
-The pretraining text states an object list first and then talks about it (a caption, a description, or a
-stage-2 style conversation where the list sits where the image goes), so the frozen model learns to copy
+The pretraining text states an object list first and then talks about it (a caption, a description, a
+stage-2 style conversation where the list sits where the image goes, or the same conversation under the
+curation's describe prompt, so that the stage-1 model can be asked it), so the frozen model learns to copy
 from its context; image tokens later only have to imitate that list. Every sequence is tokenized segment
 by segment exactly as :class:`~minigpt4.models.MiniGPT4` tokenizes its inputs.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from minigpt4.curate.config import DESCRIBE_INSTRUCTION, PAPER_TEMPLATE
 from minigpt4.tiny_world import text as T
 from minigpt4.tiny_world.scenes import WorldSpec
 from minigpt4.tiny_world.write import scenes
@@ -39,9 +41,9 @@ class LMSpec:
     intermediate_size: int = 384
     batch_size: int = 32
     lr: float = 2e-3
-    max_steps: int = 1600
-    min_steps: int = 1600  # the whole schedule: an annealed LM reads image tokens more reliably
-    eval_every: int = 200
+    max_steps: int = 800
+    min_steps: int = 800  # the whole schedule: an annealed LM reads image tokens more reliably
+    eval_every: int = 400
     gate: float = 0.97  # text-only copy accuracy (captions and conversations) needed to stop early
     world: WorldSpec = WorldSpec()
 
@@ -105,8 +107,16 @@ def caption_context(seg: Segmenter, scene) -> list[int]:
     return [seg.tok.bos_token_id] + seg(T.header(scene) + CAPTION_CUE)
 
 
-def chat_context(seg: Segmenter, scene, instruction: str) -> list[int]:
-    before, after = T.conversation_prompt(instruction).split("<ImageHere>")
+def describe_prompt(image: str = "<ImageHere>") -> str:
+    """The curation's describe turn (the paper's prompt in the paper's format)."""
+    return PAPER_TEMPLATE.format(DESCRIBE_INSTRUCTION).replace("<ImageHere>", image)
+
+
+def chat_context(seg: Segmenter, scene, instruction: str | None) -> list[int]:
+    """The stage-2 conversation prompt, or the describe prompt when ``instruction`` is None, with the
+    object list where the image goes."""
+    prompt = T.conversation_prompt(instruction) if instruction is not None else describe_prompt()
+    before, after = prompt.split("<ImageHere>")
     return [seg.tok.bos_token_id] + seg(before) + seg(T.header(scene)) + seg(after)
 
 
@@ -114,18 +124,21 @@ def sequence(seg: Segmenter, scene, kind: str, rng: random.Random) -> tuple[list
     """(token ids, context length): the loss covers only what follows the context, so the unpredictable
     object list never dominates the gradient and the model spends its capacity on reading it."""
     eos = seg.tok.eos_token_id
+    if kind == "chat" and rng.random() < DESCRIBE_SHARE:
+        kind = "describe"
     if kind == "caption":
         context, answer = caption_context(seg, scene), seg(T.caption(scene) + "\n")
     elif kind == "description":
         context = [seg.tok.bos_token_id] + seg(T.header(scene) + DESCRIPTION_CUE)
         answer = seg(T.description(scene) + "\n")
     else:
-        context = chat_context(seg, scene, rng.choice(T.INSTRUCTIONS))
+        context = chat_context(seg, scene, rng.choice(T.INSTRUCTIONS) if kind == "chat" else None)
         answer = seg(T.description(scene) + T.END_SYM)
     return context + answer + [eos], len(context)
 
 
 KINDS = (("caption", 0.4), ("description", 0.2), ("chat", 0.4))
+DESCRIBE_SHARE = 0.1  # of the conversations: the curation's describe prompt, next to the four stage-2 instructions
 
 
 def batch_tensors(seqs: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -160,11 +173,16 @@ def copy_accuracy(model, tokenizer, test_scenes) -> dict[str, float]:
     caps = greedy(model, [caption_context(seg, s) for s in test_scenes], pad, 24, stops)
     chats = greedy(model, [chat_context(seg, s, T.INSTRUCTIONS[i % 4]) for i, s in enumerate(test_scenes)],
                    pad, 64, stops)
+    described = greedy(model, [chat_context(seg, s, None) for s in test_scenes], pad, 64, stops)
     text = lambda ids: tokenizer.decode([i for i in ids if i != pad], skip_special_tokens=True)  # noqa: E731
     cap_ok = [T.caption_correct(text(c), s) for c, s in zip(caps, test_scenes)]
-    chat_ok = [T.description_matches(T.parse_description(text(c).split("###")[0]), s)
-               for c, s in zip(chats, test_scenes)]
-    return {"caption": sum(cap_ok) / len(cap_ok), "chat": sum(chat_ok) / len(chat_ok)}
+    chat_ok = lambda answers: [T.description_matches(T.parse_description(text(c).split("###")[0]), s)  # noqa: E731
+                               for c, s in zip(answers, test_scenes)]
+    return {"caption": sum(cap_ok) / len(cap_ok), "chat": _mean(chat_ok(chats)), "describe": _mean(chat_ok(described))}
+
+
+def _mean(values: list) -> float:
+    return sum(values) / len(values)
 
 
 # --------------------------------------------------------------------------- pretraining

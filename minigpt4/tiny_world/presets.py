@@ -19,6 +19,20 @@ class Preset:
     stage1: dict = field(default_factory=dict)  # --options for train.py (run.* schedule)
     stage2: dict = field(default_factory=dict)
     eval_images: int = 200
+    review: bool = True  # the curation's manual pass, played by the world's grammar (see curation.py)
+    curate_images: int | None = None  # stage-2 training images the stage-1 model describes (None: all)
+    curate_batch: int = 50
+
+    def stage2_batch(self) -> int:
+        """Stage 2's global batch (the config's per-process batch for 2 processes, unless the preset sets it)."""
+        from omegaconf import OmegaConf
+
+        from minigpt4.common.shipped import config_file
+
+        per_process = self.stage2.get("run.batch_size_train")
+        if per_process is None:
+            per_process = OmegaConf.load(config_file("train_configs/tiny_stage2.yaml")).run.batch_size_train
+        return int(per_process) * 2
 
     def model_options(self) -> dict:
         """Model sizes for the train/eval configs (the YAMLs hold the ``full`` sizes)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from minigpt4.tiny_world.scenes import COLOURS, SHAPES, SIZES, Scene
+from minigpt4.tiny_world.scenes import COLOURS, SHAPES, SIZES, Obj, Scene
 
 NUMBERS = {1: "one", 2: "two", 3: "three"}
 SLOT_PHRASES = {1: ("It is",), 2: ("On the left is", "On the right is"),
@@ -111,6 +111,50 @@ def description_matches(parsed: Parsed, scene: Scene) -> bool:
         return False
     expected = parse_description(description(scene))
     return parsed.comparisons == expected.comparisons and parsed.same_size == expected.same_size
+
+
+def scene_described(parsed: Parsed) -> Scene | None:
+    """The objects a description states (slot order, sizes, colours, shapes), or None when its slots do
+    not fit its count (a missing, extra or repeated slot)."""
+    n = parsed.count
+    if n not in SLOT_PHRASES or set(parsed.objects) != set(SLOT_PHRASES[n]) or parsed.duplicate_slots:
+        return None
+    return Scene(tuple(Obj(colour, shape, size, col=i, row=0)
+                       for i, (size, colour, shape) in enumerate(parsed.objects[ph] for ph in SLOT_PHRASES[n])))
+
+
+def is_coherent(text: str) -> bool:
+    """True when ``text`` is, sentence for sentence, a description in the world's language of *some*
+    possible scene: the count, one sentence per object in slot order, then the closing sentence that
+    names the objects it described (for two objects: "the same size", or the left one "bigger"/"smaller"
+    than the right one). Reads only the text, never the ground truth: a grammatical answer that compares
+    objects it never described, compares an object with itself, or stops early is not coherent; one that
+    merely misreads a size or a colour is (it is wrong, not malformed)."""
+    parsed = parse_description(text)
+    if parsed.bad:
+        return False
+    scene = scene_described(parsed)
+    if scene is None:
+        return False
+    n, objs = len(scene.objects), scene.objects
+    body = split_sentences(description(scene))[: 1 + n]
+    closings = [[]]
+    if n == 2:
+        closings = [["The two shapes are the same size."]]
+        if objs[0].name != objs[1].name:  # "the red square is bigger than the red square" means nothing
+            closings += [[f"The {objs[0].name} is {rel} than the {objs[1].name}."] for rel in ("bigger", "smaller")]
+    elif n == 3:
+        closings = [[], ["All three shapes are the same size."]]
+    return parsed.sentences[: 1 + n] == body and parsed.sentences[1 + n:] in closings
+
+
+def coherent_prefix(sentences: list[str]) -> str | None:
+    """The longest run of leading ``sentences`` that is a coherent description, or None."""
+    for end in range(len(sentences), 0, -1):
+        text = " ".join(sentences[:end])
+        if is_coherent(text):
+            return text
+    return None
 
 
 def description_attributes(parsed: Parsed, scene: Scene) -> dict[str, float]:

@@ -1,6 +1,9 @@
 """The tiny world's frozen vision tower: the library's own :class:`~minigpt4.models.vision.VisionTower`
 (Blip2VisionModel + Q-Former + query tokens) pretrained on the world's images with temporary heads, so
-that each object's colour, shape, size and position can be read from the query outputs. Saved in the
+that each object's colour, shape, size and position can be read from the query outputs: the query tokens
+are split into one group per slot (left to right), and every token of a group must tell, on its own and
+through heads shared by all tokens, its slot's object (or that the slot is empty). Each image token then
+carries one object, in the order the world's language names them, as each word of a text does. Saved in the
 original file layouts (``eva_vit.pth`` + BLIP-2 ``.pth``) that ``vit_ckpt`` / ``q_former_model`` load.
 """
 from __future__ import annotations
@@ -40,7 +43,7 @@ class VisionSpec:
     num_query_token: int = 8
     batch_size: int = 64
     lr: float = 1e-3
-    max_steps: int = 2000
+    max_steps: int = 1200
     min_steps: int = 400
     eval_every: int = 200
     gate: float = 0.99  # colour, shape, size and column (per slot) this accurate on held-out images to stop early
@@ -63,21 +66,26 @@ def build_tower(spec: VisionSpec) -> VisionTower:
 
 
 class Heads(nn.Module):
-    """Temporary probes on the flattened query outputs: per slot (left to right; 'none' when the scene
-    has fewer objects) colour, shape, size and patch column; plus multi-hot colour+shape presence."""
+    """Temporary probes. Per query token, with weights shared by all tokens: the colour, shape, size and
+    patch column of the object in the token's slot ('none' when the scene has fewer objects); token ``t``
+    belongs to slot ``t * slots // num_tokens``. Plus multi-hot colour+shape presence on the flattened
+    query outputs (only reported)."""
 
     LABELS = {"colour": len(COLOURS), "shape": len(SHAPES), "size": len(SIZES)}
 
-    def __init__(self, feature: int, slots: int, grid: int):
+    def __init__(self, hidden: int, tokens: int, slots: int, grid: int):
         super().__init__()
-        self.slots = slots
+        if tokens < slots:
+            raise ValueError(f"num_query_token ({tokens}) must be at least the number of slots ({slots})")
+        self.slots, self.tokens = slots, tokens
+        self.register_buffer("slot_of", torch.arange(tokens) * slots // tokens, persistent=False)
         self.sizes = dict(self.LABELS, column=grid)
-        self.per_slot = nn.ModuleDict({k: nn.Linear(feature, slots * (n + 1)) for k, n in self.sizes.items()})
-        self.presence = nn.Linear(feature, len(KINDS))
+        self.per_token = nn.ModuleDict({k: nn.Linear(hidden, n + 1) for k, n in self.sizes.items()})
+        self.presence = nn.Linear(tokens * hidden, len(KINDS))
 
-    def forward(self, flat):
-        out = {k: head(flat).view(flat.shape[0], self.slots, -1) for k, head in self.per_slot.items()}
-        out["presence"] = self.presence(flat)
+    def forward(self, feats):
+        out = {k: head(feats) for k, head in self.per_token.items()}  # (batch, tokens, classes)
+        out["presence"] = self.presence(feats.flatten(1))
         return out
 
 
@@ -114,15 +122,19 @@ class ImageStream:
 
 
 def loss_and_accuracy(heads: Heads, feats: torch.Tensor, t: dict) -> tuple[torch.Tensor, dict]:
-    out = heads(feats.flatten(1))
+    """Loss and held-out accuracies; a per-slot accuracy counts a (image, slot) only when every token of
+    the slot's group is right."""
+    out = heads(feats)
     loss = F.binary_cross_entropy_with_logits(out["presence"], t["presence"])
     acc = {}
     for k in heads.sizes:
         target = t[k].clone()
         if k == "column":
             target[target < 0] = heads.sizes[k]
+        target = target[:, heads.slot_of]  # (batch, tokens): each token's slot
         loss = loss + F.cross_entropy(out[k].flatten(0, 1), target.flatten())
-        acc[k] = (out[k].argmax(-1) == target).float().mean().item()
+        right = out[k].argmax(-1) == target
+        acc[k] = torch.stack([right[:, heads.slot_of == j].all(1) for j in range(heads.slots)], 1).float().mean().item()
     acc["presence"] = ((out["presence"] > 0).float() == t["presence"]).all(1).float().mean().item()
     return loss, acc
 
@@ -135,7 +147,7 @@ def pretrain_vision(folder: Path, spec: VisionSpec, threads: int = 1, progress=N
     folder.mkdir(parents=True, exist_ok=True)
     tower = build_tower(spec)
     slots = spec.world.max_objects
-    heads = Heads(spec.num_query_token * spec.hidden_size, slots, spec.world.grid)
+    heads = Heads(spec.hidden_size, spec.num_query_token, slots, spec.world.grid)
     params = list(tower.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=0.05)
     train, held = ImageStream(spec.seed, "vision", spec.world), ImageStream(spec.seed, "vision-test", spec.world)
