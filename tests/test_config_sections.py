@@ -76,8 +76,9 @@ def test_docs_list_every_key_from_the_declarations():
         "regenerate: python -m minigpt4.config_keys --markdown > docs/CONFIG.md"
 
 
+@pytest.mark.slow  # a real process imports torch and the library: the in-process corpus covers the rest
 def test_train_cli_boundary_subprocess(tmp_path):
-    """One real process: a malformed --options item is one line naming it, exit 2."""
+    """One real process: a malformed --options item (a YAML ScannerError before) is one line naming it, exit 2."""
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--cfg-path", str(write(tmp_path)),
                            "--options", "run.[x=1"], capture_output=True, text=True, env=subprocess_env(),
                           cwd=tmp_path, timeout=300)
