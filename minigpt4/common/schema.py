@@ -109,6 +109,8 @@ RUN_KEYS: dict[str, tuple] = {
     "dist_url": (str,),
     "dist_backend": OPT_STR,
     "distributed": (bool,),
+    "parallel": (str,),
+    "fsdp_shard_vision": (bool, str),
     "gpu": OPT_INT,
     "rank": OPT_INT,
     "wandb_log": (bool,),
