@@ -166,7 +166,7 @@ class Sharded(Parallel):
         optimizer.load_state_dict({**state, "state": local})
 
 
-def check_fsdp(model_cfg, run_cfg) -> None:
+def check_fsdp(model_cfg) -> None:
     """What FSDP cannot shard or scale, refused before any model is loaded."""
     for key in ("low_resource", "load_in_4bit"):
         if model_cfg.get(key, False):
@@ -174,9 +174,6 @@ def check_fsdp(model_cfg, run_cfg) -> None:
                               "use run.parallel: ddp")
     if model_cfg.get("device_map"):
         raise ConfigError("run.parallel: fsdp places the LLM itself; remove model.device_map")
-    if run_cfg.get("amp", False) and str(run_cfg.get("amp_dtype", "float16")) in ("float16", "fp16"):
-        raise ConfigError("run.parallel: fsdp with run.amp_dtype float16 is not supported (the gradient scaler "
-                          "would see only its own shard); use run.amp_dtype: bfloat16")
 
 
 def build(model: nn.Module, run_cfg, dist: D.DistInfo, ddp=None) -> Parallel:

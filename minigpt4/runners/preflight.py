@@ -69,10 +69,9 @@ def check_run(run_cfg) -> None:
             getattr(registry, f"get_{kind}_class")(run_cfg.get(key, default))
         except KeyError as e:
             raise ConfigError(f"run.{key}: {e.args[0]}") from None
-    from minigpt4.runners.parallel import check_fsdp, parallel_mode
+    from minigpt4.runners.parallel import parallel_mode
 
-    if parallel_mode(run_cfg) == "fsdp":
-        check_fsdp({}, run_cfg)
+    parallel_mode(run_cfg)
     for key in ("max_epoch", "iters_per_epoch", "batch_size_train"):
         if run_cfg.get(key) is not None and run_cfg.get(key) < 1:
             raise ConfigError(f"run.{key} must be >= 1, got {run_cfg.get(key)}")

@@ -94,7 +94,7 @@ class RunnerBase:
         if resume is None and run.get("resume_ckpt_path"):
             resume = C.load_resume(run.resume_ckpt_path, self.dist.world_size)
         if P.parallel_mode(run) == "fsdp":
-            P.check_fsdp(cfg.model_cfg, run)
+            P.check_fsdp(cfg.model_cfg)
         if resume is not None:  # into the plain model, before any wrapper shards or replicates it
             self.model.load_projection(resume["weights_path"])  # strict: every trainable weight, right shapes
         self.parallel = P.build(self.model, run, self.dist, ddp=self._ddp)
@@ -130,6 +130,9 @@ class RunnerBase:
         if name not in AMP_DTYPES:
             raise ConfigError(f"run.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {name!r}")
         dtype = AMP_DTYPES[name]
+        if dtype == torch.float16 and P.parallel_mode(self.run) == "fsdp" and self.dist.distributed:
+            raise ConfigError("run.parallel: fsdp with run.amp_dtype float16 is not supported (the gradient scaler "
+                              "would see only its own shard of the gradients); use run.amp_dtype: bfloat16")
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         return dtype, scaler
 
