@@ -93,6 +93,10 @@ class RunnerBase:
         self._last_good = None  # (resume file, global step) of the last complete checkpoint
         if resume is None and run.get("resume_ckpt_path"):
             resume = C.load_resume(run.resume_ckpt_path, self.dist.world_size)
+        points = D.all_gather_object(None if resume is None else (str(resume["path"]), resume["global_step"]))
+        if len(set(points)) != 1:  # e.g. run.output_dir is not shared and --resume auto found different files
+            raise ConfigError(f"the processes would resume from different points ({sorted(set(map(str, points)))}); "
+                              "run.output_dir must be one folder shared by every node")
         if P.parallel_mode(run) == "fsdp":
             P.check_fsdp(cfg.model_cfg)
         if resume is not None:  # into the plain model, before any wrapper shards or replicates it
