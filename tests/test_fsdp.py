@@ -54,7 +54,7 @@ def _start(cmd, tmp_path, name):
     return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT), log
 
 
-def _finish(proc, log, tmp_path, name, timeout=300):
+def _finish(proc, log, tmp_path, name, timeout=900):
     try:
         proc.wait(timeout)
     finally:
@@ -103,7 +103,7 @@ def runs(tmp_path_factory):
     nodes = [_start(_torchrun(cfgs["nodes"], *node), tmp, f"node{i}") for i in range(2)]
     job = tmp / "out" / "nodes" / "job"
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 600
         while not (job / "resume.pt").exists() and all(p.poll() is None for p, _ in nodes) \
                 and time.time() < deadline:
             time.sleep(0.02)
@@ -115,7 +115,7 @@ def runs(tmp_path_factory):
             log.close()
     logs["node0"] = (tmp / "node0.log").read_text() + (tmp / "node1.log").read_text()
     assert not (job / "checkpoint_1.safetensors").exists()
-    resumed = run_train(["--cfg-path", str(cfgs["nodes"]), "--resume", "auto"], cwd=tmp, nproc=2)
+    resumed = run_train(["--cfg-path", str(cfgs["nodes"]), "--resume", "auto"], cwd=tmp, nproc=2, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     logs["resumed"] = resumed.stderr
     return tmp, logs
