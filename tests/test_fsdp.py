@@ -128,7 +128,7 @@ def _weights(tmp, job, name="checkpoint_1.safetensors"):
 def test_fsdp_ddp_and_one_process_train_the_same_weights(runs):
     tmp, logs = runs
     assert "fsdp: 2 LLM decoder layers and 7 vision layers sharded over 2 ranks" in logs["fsdp"]
-    assert "rank 1/2" in logs["ddp"] and "fsdp:" not in logs["ddp"]
+    assert "rank 0/2" in logs["ddp"] and "fsdp:" not in logs["ddp"]  # launched by accelerate, as DDP
     fsdp, ddp, one = (_weights(tmp, job) for job in ("fsdp", "ddp", "one"))
     assert sorted(fsdp) == sorted(one) == ["llama_proj.bias", "llama_proj.weight"]
     init = torch.load(FIXTURES / "minigpt4_tiny" / "minigpt4_proj.pth", weights_only=True)["model"]

@@ -17,6 +17,8 @@ resume files have one format (an FSDP run loads anywhere: a single-process chat,
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import inspect
 import logging
 
@@ -166,6 +168,16 @@ class Sharded(Parallel):
         optimizer.load_state_dict({**state, "state": local})
 
 
+def _release_freed_memory() -> None:
+    """Hand the full copies the shards replaced back to the OS (glibc keeps freed heap memory otherwise, so a
+    CPU rank's resident memory would not shrink after sharding)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 def check_fsdp(model_cfg) -> None:
     """What FSDP cannot shard or scale, refused before any model is loaded."""
     for key in ("low_resource", "load_in_4bit"):
@@ -199,6 +211,7 @@ def build(model: nn.Module, run_cfg, dist: D.DistInfo, ddp=None) -> Parallel:
     for unit in vision_units + units:
         fully_shard(unit)
     fully_shard(model)
+    _release_freed_memory()
     n_params = sum(p.numel() for p in model.parameters())
     log.info("fsdp: %d LLM decoder layers and %d vision layers sharded over %d ranks (%.1fM parameters, "
              "%.1fM per rank)", len(units), len(vision_units), dist.world_size, n_params / 1e6,
