@@ -127,7 +127,7 @@ def _weights(tmp, job, name="checkpoint_1.safetensors"):
 
 def test_fsdp_ddp_and_one_process_train_the_same_weights(runs):
     tmp, logs = runs
-    assert "fsdp: 2 LLM decoder layers and 7 vision layers sharded over 2 ranks" in logs["fsdp"]
+    assert "fsdp: 4 LLM units (decoder layers, embeddings) and 7 vision layers sharded over 2 ranks" in logs["fsdp"]
     assert "rank 0/2" in logs["ddp"] and "fsdp:" not in logs["ddp"]  # launched by accelerate, as DDP
     fsdp, ddp, one = (_weights(tmp, job) for job in ("fsdp", "ddp", "one"))
     assert sorted(fsdp) == sorted(one) == ["llama_proj.bias", "llama_proj.weight"]
@@ -146,7 +146,7 @@ def test_fsdp_ddp_and_one_process_train_the_same_weights(runs):
 
 def test_two_nodes_match_one_node_and_a_killed_run_resumes_bitwise(runs):
     tmp, logs = runs
-    assert "rank 0/2" in logs["node0"] and "fsdp: 2 LLM decoder layers" in logs["node0"]
+    assert "rank 0/2" in logs["node0"] and "fsdp: 4 LLM units" in logs["node0"]
     one_node = _weights(tmp, "fsdp", "checkpoint_step2.safetensors")
     for key, value in logs["nodes_step2"].items():
         assert value.equal(one_node[key]), key

@@ -4,9 +4,10 @@
 (``DistributedDataParallel`` averages their gradients).
 
 ``fsdp``: FSDP2 (``torch.distributed.fsdp.fully_shard``). Every decoder layer of the LLM is one sharding unit
-(the classes the Hugging Face model names in ``_no_split_modules``), so is every encoder layer of the vision
-tower when it is large (``run.fsdp_shard_vision``), and the model itself is the root unit holding the rest
-(embeddings, final norm, LM head, Q-Former, ``llama_proj``). Frozen weights are sharded like any other; the
+(the classes the Hugging Face model names in ``_no_split_modules``), so are the input embeddings and the LM
+head (when their weights are not tied) and every encoder layer of the vision tower when it is large
+(``run.fsdp_shard_vision``); the model itself is the root unit holding the rest (final norm, Q-Former,
+``llama_proj``). Frozen weights are sharded like any other; the
 trainable ones (``llama_proj``, LoRA adapters: whatever has ``requires_grad``) are sharded too, and FSDP
 reduce-scatters their gradients as the mean over ranks, the same update DDP makes.
 
@@ -104,6 +105,15 @@ def decoder_layers(llm: nn.Module) -> list[nn.Module]:
             found.append(m)
             seen.add(name)
     return found
+
+
+def embedding_units(llm: nn.Module) -> list[nn.Module]:
+    """The input embeddings and the LM head as units of their own (gathered only while used), unless they
+    share their weight (then they stay together in the root unit)."""
+    emb, head = llm.get_input_embeddings(), llm.get_output_embeddings()
+    if emb is None or head is None or head.weight is emb.weight:
+        return []
+    return [emb, head]
 
 
 def vision_layers(vision: nn.Module) -> list[nn.Module]:
@@ -206,6 +216,7 @@ def build(model: nn.Module, run_cfg, dist: D.DistInfo, ddp=None) -> Parallel:
     if not units:
         raise ConfigError(f"run.parallel: fsdp found no decoder layers in {type(llm).__name__} (it names none in "
                           "_no_split_modules); use run.parallel: ddp")
+    units += embedding_units(llm)
     vision = getattr(model, "vision", None)
     vision_units = vision_layers(vision) if _shard_vision(run_cfg, vision) else []
     for unit in vision_units + units:
@@ -213,7 +224,7 @@ def build(model: nn.Module, run_cfg, dist: D.DistInfo, ddp=None) -> Parallel:
     fully_shard(model)
     _release_freed_memory()
     n_params = sum(p.numel() for p in model.parameters())
-    log.info("fsdp: %d LLM decoder layers and %d vision layers sharded over %d ranks (%.1fM parameters, "
-             "%.1fM per rank)", len(units), len(vision_units), dist.world_size, n_params / 1e6,
+    log.info("fsdp: %d LLM units (decoder layers, embeddings) and %d vision layers sharded over %d ranks "
+             "(%.1fM parameters, %.1fM per rank)", len(units), len(vision_units), dist.world_size, n_params / 1e6,
              sum(p.to_local().numel() if _is_dtensor(p) else p.numel() for p in model.parameters()) / 1e6)
     return Sharded(model)
