@@ -135,14 +135,14 @@ def test_failed_save_mid_run_is_one_line_and_the_run_resumes_bitwise(tmp_path, s
     _, runner = _run(tmp_path / "run", samples)
     real_save = runner.save_checkpoint
 
-    def save(epoch, step, global_step, sums):  # the disk breaks after the first checkpoint (global step 2)
-        if global_step != 4:
-            return real_save(epoch, step, global_step, sums)
+    def save(state):  # the disk breaks after the first checkpoint (global step 2)
+        if state.global_step != 4:
+            return real_save(state)
         if how == "quota":  # the real writer against the kernel: the weights (13 KB) fit, the resume file not
             with file_size_limit(20_000):
-                return real_save(epoch, step, global_step, sums)
+                return real_save(state)
         break_writes(monkeypatch, failing, how)
-        return real_save(epoch, step, global_step, sums)
+        return real_save(state)
 
     runner.save_checkpoint = save
     with pytest.raises(C.CheckpointWriteError) as info:

@@ -154,6 +154,11 @@ class RunConfig:
                                        ge=0)
     threads: Optional[int] = key(None, "torch CPU threads per process", ge=1)
     device: Optional[str] = key(None, "cpu, cuda or cuda:N (default: cuda if available)", check=device_name)
+    parallel: str = key("ddp", "ddp: every process holds the whole model; fsdp: FSDP2 shards it by decoder layer",
+                        choices=("ddp", "fsdp"))
+    fsdp_shard_vision: Any = key("auto", "with fsdp, also shard the vision tower's layers (auto: above 100M params)",
+                                 types=(bool, str), check=lambda v: None if isinstance(v, bool) or v == "auto"
+                                 else f"must be true, false or auto, got {v!r}")
     distributed: bool = key(False, "join torchrun's / SLURM's process group when launched by one")
     dist_url: str = key("env://", "process-group init method")
     dist_backend: Optional[str] = key(None, "nccl, gloo or mpi (default: nccl on CUDA, gloo on CPU)",

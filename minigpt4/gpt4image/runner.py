@@ -46,23 +46,21 @@ class ClassifierRunner(RunnerBase):
             run.iters_per_epoch = n
         super().__init__(cfg, job_id, task, model, datasets, **kwargs)
 
-    def _wrap(self):
-        if not self.dist.distributed:
-            return self.model
+    def _ddp(self, model):
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         # every parameter trains; buffers (BatchNorm statistics) are synced from rank 0 before each forward
-        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None)
+        return DDP(model, device_ids=ids, output_device=ids[0] if ids else None)
 
     def _sync_buffers(self) -> None:
         if D.is_dist():
             for buf in self.model.buffers():
                 dist.broadcast(buf, src=0)
 
-    def save_checkpoint(self, epoch, step, global_step, epoch_sums) -> None:
+    def save_checkpoint(self, state) -> None:
         self._sync_buffers()
-        super().save_checkpoint(epoch, step, global_step, epoch_sums)
+        super().save_checkpoint(state)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -130,7 +130,9 @@ def find_latest(output_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_resume(path: str | Path) -> dict:
+def load_resume(path: str | Path, world_size: int | None = None) -> dict:
+    """The resume file at ``path`` (or in that folder), checked once: ours, its weights file complete and
+    unchanged, and (given ``world_size``) written by as many processes as this run has."""
     path = find_resume(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -144,4 +146,9 @@ def load_resume(path: str | Path) -> dict:
     state["path"] = path
     state["weights_path"] = weights
     check_weights(state)
+    if world_size is not None and state["world_size"] != world_size:
+        from minigpt4.common.config import ConfigError
+
+        raise ConfigError(f"run.resume_ckpt_path: {path} was written by {state['world_size']} process(es); "
+                          f"resume with the same number (now {world_size})")
     return state

@@ -59,10 +59,12 @@ class StepMeter:
 class Reporter:
     """TensorBoard + ``log.txt`` + PNG curves, all in the run's output folder. Only built on rank 0."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True, title: str | None = None):
+    def __init__(self, out_dir: Path, tensorboard: bool = True, title: str | None = None,
+                 history: list | None = None):
         self.out_dir = out_dir
         self.title = title  # printed above the curves (which run they belong to)
-        self.history: list[tuple[int, float, float]] = []  # (global step, loss, lr)
+        # (global step, loss, lr) per step, plotted; owned by the run's TrainState, which appends to it
+        self.history: list[tuple[int, float, float]] = history if history is not None else []
         self.writer = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -74,7 +76,6 @@ class Reporter:
             f.write(json.dumps(config, default=str) + "\n")
 
     def step(self, global_step: int, loss: float, lr: float) -> None:
-        self.history.append((global_step, loss, lr))
         if self.writer is not None:
             self.writer.add_scalar("train/loss", loss, global_step)
             self.writer.add_scalar("train/lr", lr, global_step)

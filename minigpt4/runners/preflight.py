@@ -104,6 +104,9 @@ def check_run(run_cfg) -> None:
             raise ConfigError(f"run.{key} is required for training")
     for key, kind in (("task", "task"), ("lr_sched", "lr_scheduler")):
         getattr(registry, f"get_{kind}_class")(run_cfg[key], key=f"run.{key}")
+    from minigpt4.runners.parallel import parallel_mode
+
+    parallel_mode(run_cfg)
     for key in ("max_epoch", "iters_per_epoch", "batch_size_train"):
         if run_cfg.get(key) is not None and run_cfg.get(key) < 1:
             raise ConfigError(f"run.{key} must be >= 1, got {run_cfg.get(key)}")

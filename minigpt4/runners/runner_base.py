@@ -5,6 +5,11 @@ LR for (epoch, step) -> forward under autocast -> loss weighted by this rank's s
 tokens -> backward -> every ``accum_grad_iters`` steps an optimizer step (with optional clipping).
 After each epoch (and every ``save_every`` steps) the trainable weights and a resume file are written.
 
+Everything saving and loading needs is built in the constructor, before ``train()``: the resume file is
+read (and checked) once, its weights go into the plain model, the model is wrapped for ``run.parallel``
+(DDP or FSDP, :mod:`minigpt4.runners.parallel`), then the optimizer, LR schedule and reporter are built and
+the rest of the resume file (optimizer, scaler, :class:`TrainState`, RNG, data position) is restored.
+
 Loss weighting: the model returns the mean CE over its ``num_tokens`` answer tokens. Each rank multiplies its
 loss by ``num_tokens * world_size / global_tokens``; DDP averages gradients over ranks, so the update equals
 the one of a single process that sees the whole global batch (token-weighted mean), which the original
@@ -13,7 +18,6 @@ the one of a single process that sees the whole global batch (token-weighted mea
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import signal
@@ -24,14 +28,17 @@ from pathlib import Path
 import torch
 
 from minigpt4.common import dist as D
-from minigpt4.common.config import ConfigError
+from minigpt4.errors import ConfigError
 from minigpt4.common.fields import typed
 from minigpt4.common.optim import build_lr_scheduler, build_optimizer
 from minigpt4.common.registry import registry
 from minigpt4.common.sections import RunConfig
 from minigpt4.models.checkpoint import save_trainable
 from minigpt4.runners import checkpointing as C
+from minigpt4.runners import parallel as P
 from minigpt4.runners.monitor import Reporter, StepMeter, peak_memory_mb
+from minigpt4.runners.output import ensure_writable, job_folder
+from minigpt4.runners.state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +67,10 @@ def _batch_size(batch: dict) -> int:
 @registry.register_runner("runner_base")
 class RunnerBase:
     def __init__(self, cfg, job_id: str, task, model, datasets: dict, *, dist_info: D.DistInfo | None = None,
-                 output_dir: str | Path | None = None, loader=None):
+                 output_dir: str | Path | None = None, loader=None, resume: dict | None = None):
+        """``output_dir``: the job folder, made and checked by the caller (else ``run.output_dir/job_id``,
+        made here). ``resume``: a resume file read by :func:`checkpointing.load_resume` (else the one named
+        by ``run.resume_ckpt_path``, if any)."""
         self.config, self.job_id, self.task, self.model = cfg, job_id, task, model
         self.datasets = datasets
         run = typed(RunConfig, cfg.run_cfg, "run")
@@ -75,15 +85,30 @@ class RunnerBase:
         self.log_freq = run.log_freq
         self.max_seconds = run.max_seconds
         self._check_steps()
-        from minigpt4.runners.output import ensure_writable, job_folder
-
-        self.output_dir = ensure_writable(Path(output_dir) if output_dir else job_folder(run, job_id))
+        self.output_dir = Path(output_dir) if output_dir else ensure_writable(job_folder(run, job_id))
         self.amp_dtype, self.scaler = self._setup_amp()
         self._loader = loader
-        from minigpt4.features.store import check_stores
-
-        check_stores(model, datasets or {})  # stored vision features must come from this model's tower
         self._last_good = None  # (resume file, global step) of the last complete checkpoint
+        if resume is None and run.resume_ckpt_path:
+            resume = C.load_resume(run.resume_ckpt_path, self.dist.world_size)
+        points = D.all_gather_object(None if resume is None else (str(resume["path"]), resume["global_step"]))
+        if len(set(points)) != 1:  # e.g. run.output_dir is not shared and --resume auto found different files
+            raise ConfigError(f"the processes would resume from different points ({sorted(set(map(str, points)))}); "
+                              "run.output_dir must be one folder shared by every node")
+        if P.parallel_mode(run) == "fsdp":
+            P.check_fsdp(cfg.model_cfg)
+        if resume is not None:  # into the plain model, before any wrapper shards or replicates it
+            self.model.load_projection(resume["weights_path"])  # strict: every trainable weight, right shapes
+        self.parallel = P.build(self.model, run, self.dist, ddp=self._ddp)
+        self.optimizer = build_optimizer(self.model, run)
+        self.scheduler = build_lr_scheduler(self.optimizer, run)
+        self.state = TrainState()
+        self.reporter = None
+        if self.dist.is_main:
+            title = f"{self.output_dir.parent.name} / {self.output_dir.name}"  # e.g. "stage1 / tiny"
+            self.reporter = Reporter(self.output_dir, run.tensorboard, title, self.state.history)
+        if resume is not None:
+            self._restore(resume)
 
     # ------------------------------------------------------------------ setup
     def _check_steps(self) -> None:
@@ -103,10 +128,13 @@ class RunnerBase:
         if self.device.type != "cuda":
             log.info("run.amp is ignored on %s: training in float32", self.device.type)
             return None, None
-        name = typed(RunConfig, self.run, "run").amp_dtype
+        name = self.run.amp_dtype
         if name not in AMP_DTYPES:
             raise ConfigError(f"run.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {name!r}")
         dtype = AMP_DTYPES[name]
+        if dtype == torch.float16 and P.parallel_mode(self.run) == "fsdp" and self.dist.distributed:
+            raise ConfigError("run.parallel: fsdp with run.amp_dtype float16 is not supported (the gradient scaler "
+                              "would see only its own shard of the gradients); use run.amp_dtype: bfloat16")
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         return dtype, scaler
 
@@ -122,20 +150,9 @@ class RunnerBase:
                                               world_size=self.dist.world_size)
         return self._loader
 
-    def _wrap(self):
-        if not self.dist.distributed:
-            return self.model
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        # only the trainable part is synchronised; frozen weights and buffers are identical files on every rank
-        ignore = [n for n, p in self.model.named_parameters() if not p.requires_grad]
-        ignore += [n for n, _ in self.model.named_buffers()]
-        DDP._set_params_and_buffers_to_ignore_for_model(self.model, ignore)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # every buffer is ignored above; newer torch deprecates broadcast_buffers for forward_sync_buffers
-        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                   else {"broadcast_buffers": False})
-        return DDP(self.model, device_ids=ids, output_device=ids[0] if ids else None, **no_sync)
+    def _ddp(self, model):
+        """The DDP module for ``run.parallel: ddp`` (a runner may synchronise more than the trainable part)."""
+        return P.ddp_module(model, self.device)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -143,36 +160,38 @@ class RunnerBase:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, epoch: int, step: int, global_step: int, epoch_sums: list) -> None:
+    def save_checkpoint(self, state: TrainState) -> None:
         """Weights (rank 0) + resume file with every rank's RNG and data position. Collective: all ranks call."""
         rngs = D.all_gather_object(C.capture_rng())
         data = D.all_gather_object(self.loader.state_dict())
-        digests = D.all_gather_object(C.weights_digest(self.model.trainable_state_dict()))
+        weights = self.parallel.trainable_state()  # full tensors (gathered under FSDP)
+        digests = D.all_gather_object(C.weights_digest(weights))
         if len(set(digests)) != 1:
-            raise RuntimeError(f"trainable weights differ between ranks at global step {global_step}: {digests}")
+            raise RuntimeError(f"trainable weights differ between ranks at global step {state.global_step}: "
+                               f"{digests}")
+        optimizer = self.parallel.optimizer_state(self.optimizer)
         error = None
         if self.dist.is_main:
-            name = C.weights_name(epoch, step, self.iters_per_epoch)
-            meta = {**self.model.checkpoint_meta(), "epoch": epoch, "global_step": global_step, "job_id": self.job_id}
-            state = {"format": C.FORMAT_VERSION, "weights": name, "epoch": epoch, "step": step,
-                     "global_step": global_step, "world_size": self.dist.world_size,
-                     "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                     "rng": rngs, "data": data, "weights_digests": digests, "epoch_sums": list(epoch_sums),
-                     "history": self.reporter.history if self.reporter else [], "job_id": self.job_id}
+            name = C.weights_name(state.epoch, state.step, self.iters_per_epoch)
+            meta = {**self.model.checkpoint_meta(), "epoch": state.epoch, "global_step": state.global_step,
+                    "job_id": self.job_id}
+            resume = {"format": C.FORMAT_VERSION, "weights": name, **state.to_resume(),
+                      "world_size": self.dist.world_size, "optimizer": optimizer,
+                      "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                      "rng": rngs, "data": data, "weights_digests": digests, "job_id": self.job_id}
             try:
                 with C.writing(self.output_dir / name):
-                    save_trainable(self.output_dir / name, self.model.trainable_state_dict(), meta)
+                    save_trainable(self.output_dir / name, weights, meta)
                 with C.writing(self.output_dir / C.RESUME_FILE):
-                    C.atomic_torch_save(state, self.output_dir / C.RESUME_FILE)
-                log.info("saved %s and %s (global step %d)", name, C.RESUME_FILE, global_step)
+                    C.atomic_torch_save(resume, self.output_dir / C.RESUME_FILE)
+                log.info("saved %s and %s (global step %d)", name, C.RESUME_FILE, state.global_step)
             except C.CheckpointWriteError as e:
                 error = f"{e}; {self._last_good_text()}"
         # every rank learns the outcome (this is also the barrier), so all of them stop on a failed save
         error = D.broadcast_object(error)
         if error is not None:
             raise C.CheckpointWriteError(error)
-        self._last_good = (self.output_dir / C.RESUME_FILE, global_step)
+        self._last_good = (self.output_dir / C.RESUME_FILE, state.global_step)
 
     def _last_good_text(self) -> str:
         if self._last_good is None:
@@ -180,47 +199,27 @@ class RunnerBase:
         path, step = self._last_good
         return f"the last good resume point {path} (global step {step}) is untouched"
 
-    def load_resume(self, path) -> tuple[int, int, int, list]:
-        state = C.load_resume(path)
-        if state["world_size"] != self.dist.world_size:
-            raise ConfigError(f"run.resume_ckpt_path: {state['path']} was written by {state['world_size']} "
-                              f"process(es); resume with the same number (now {self.dist.world_size})")
-        self.model.load_projection(state["weights_path"])  # strict: every trainable weight, right shapes
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state["scaler"] is not None:
-            self.scaler.load_state_dict(state["scaler"])
-        C.restore_rng(state["rng"][self.dist.rank])
-        self.loader.load_state_dict(state["data"][self.dist.rank])
-        if self.reporter is not None:
-            self.reporter.history = list(state.get("history", []))
-        epoch, step = state["epoch"], state["step"]
-        if step >= self.iters_per_epoch:
-            epoch, step = epoch + 1, 0
-        log.info("resumed from %s at epoch %d step %d (global step %d)", state["path"], epoch, step,
-                 state["global_step"])
-        self._last_good = (state["path"], state["global_step"])
-        sums = state.get("epoch_sums", [0.0, 0.0, 0]) if state["step"] < self.iters_per_epoch else [0.0, 0.0, 0]
-        return epoch, step, state["global_step"], sums
+    def _restore(self, resume: dict) -> None:
+        """Everything of a resume file but the weights (loaded before wrapping): optimizer, scaler, position,
+        then this rank's RNG and data position."""
+        self.parallel.load_optimizer_state(self.optimizer, resume["optimizer"])
+        if self.scaler is not None and resume["scaler"] is not None:
+            self.scaler.load_state_dict(resume["scaler"])
+        self.state.restore(resume, self.iters_per_epoch)
+        C.restore_rng(resume["rng"][self.dist.rank])
+        self.loader.load_state_dict(resume["data"][self.dist.rank])
+        log.info("resumed from %s at epoch %d step %d (global step %d)", resume["path"], self.state.epoch,
+                 self.state.step, self.state.global_step)
+        self._last_good = (resume["path"], resume["global_step"])
 
     # ------------------------------------------------------------------ training
     def train(self) -> dict:
         self.model.train()
-        self.ddp_model = self._wrap()
-        self.optimizer = build_optimizer(self.model, self.run)
-        self.scheduler = build_lr_scheduler(self.optimizer, self.run)
-        title = f"{self.output_dir.parent.name} / {self.output_dir.name}"  # e.g. "stage1 / tiny"
-        self.reporter = None
-        if self.dist.is_main:
-            self.reporter = Reporter(self.output_dir, self.run.tensorboard, title)
         if self.dist.is_main:
             for name, p in self.model.named_parameters():
                 if p.requires_grad:
                     log.info("trainable: %s %s", name, list(p.shape))
             self.reporter.write_config(self.config.to_dict())
-        epoch, step, global_step, sums = 0, 0, 0, [0.0, 0.0, 0]
-        resume = self.run.resume_ckpt_path
-        if resume:
-            epoch, step, global_step, sums = self.load_resume(resume)
         self.optimizer.zero_grad(set_to_none=True)
         self._t_start = time.perf_counter()
         self._terminate = False
@@ -228,16 +227,17 @@ class RunnerBase:
         last = {}
         stop_signals = (signal.SIGTERM, signal.SIGINT) if _main_thread() else ()
         previous = {sig: signal.signal(sig, self._on_stop_signal) for sig in stop_signals}
+        state = self.state
         try:
-            while epoch < self.max_epoch:
-                stopped, global_step, sums, stats = self._train_epoch(epoch, step, global_step, sums)
+            while state.epoch < self.max_epoch:
+                stopped, stats = self._train_epoch(state)
                 last = stats or last
                 if stopped:
-                    last = {**last, "stopped_at": global_step}
+                    last = {**last, "stopped_at": state.global_step}
                     if self.stop_signal is not None:
                         last["stop_signal"] = signal.Signals(self.stop_signal).name
                     break
-                epoch, step, sums = epoch + 1, 0, [0.0, 0.0, 0]
+                state.next_epoch()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -245,18 +245,18 @@ class RunnerBase:
                 self.reporter.close()
             if self._loader is not None and hasattr(self._loader, "close"):
                 self._loader.close()
-        last.update(global_step=global_step, output_dir=str(self.output_dir))
+        last.update(global_step=state.global_step, output_dir=str(self.output_dir))
         return last
 
-    def _end_epoch(self, epoch: int, sums: list) -> dict:
-        stats = {"epoch": epoch, "train_loss": sums[0] / max(sums[2], 1), "train_lr": sums[1] / max(sums[2], 1)}
-        stats.update(self.epoch_metrics(epoch))
+    def _end_epoch(self, state: TrainState) -> dict:
+        stats = {"epoch": state.epoch, **state.epoch_means()}
+        stats.update(self.epoch_metrics(state.epoch))
         skipped = self.loader.skip_counts() if hasattr(self.loader, "skip_counts") else {}
         if skipped:  # this rank's bad samples, by reason
             stats["skipped"] = dict(skipped)
         if self.reporter is not None:
             self.reporter.epoch(stats)
-            log.info("epoch %d: %s", epoch, stats)
+            log.info("epoch %d: %s", state.epoch, stats)
         return stats
 
     def epoch_metrics(self, epoch: int) -> dict:
@@ -273,58 +273,56 @@ class RunnerBase:
         if self.stop_signal is None:
             self.stop_signal = signum
 
-    def _train_epoch(self, epoch: int, start: int, global_step: int, sums: list):
-        """Steps ``start..iters_per_epoch-1`` of ``epoch``.
-        Returns (stop requested?, global step, loss/lr sums, epoch stats if the epoch was completed)."""
+    def _train_epoch(self, state: TrainState):
+        """The remaining steps of ``state.epoch``. Returns (stop requested?, epoch stats if it was completed)."""
         bar, redirect = None, contextlib.nullcontext()
         if self.dist.is_main and self.run.progress_bar:
             from tqdm.auto import tqdm
             from tqdm.contrib.logging import logging_redirect_tqdm
 
-            bar = tqdm(total=self.iters_per_epoch, initial=start, desc=f"epoch {epoch}", dynamic_ncols=True)
+            bar = tqdm(total=self.iters_per_epoch, initial=state.step, desc=f"epoch {state.epoch}",
+                       dynamic_ncols=True)
             redirect = logging_redirect_tqdm()  # log lines print above the bar instead of through it
-        meter = StepMeter(self.total_steps, global_step)
+        meter = StepMeter(self.total_steps, state.global_step)
         stats = None
         try:
             with redirect:
-                for i in range(start, self.iters_per_epoch):
+                while state.step < self.iters_per_epoch:
+                    i = state.step
                     t0 = time.perf_counter()
                     batch = next(self.loader)
                     data_time = time.perf_counter() - t0
-                    lr = self.scheduler.step(epoch, i)
+                    lr = self.scheduler.step(state.epoch, i)
                     stop_asked = self._terminate or (self.max_seconds is not None and
                                                      time.perf_counter() - self._t_start > self.max_seconds)
-                    loss, stop = self._train_step(_to_device(batch, self.device), global_step, stop_asked)
-                    global_step += 1
-                    sums = [sums[0] + loss, sums[1] + lr, sums[2] + 1]
+                    loss, stop = self._train_step(_to_device(batch, self.device), state.global_step, stop_asked)
+                    state.record(loss, lr)
                     meter.update(_batch_size(batch) * self.dist.world_size, data_time, loss)
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3e}")
                     if self.reporter is not None:
-                        self.reporter.step(global_step, loss, lr)
-                    if self.dist.is_main and (global_step % self.log_freq == 0 or i + 1 == self.iters_per_epoch):
-                        self._log_line(epoch, i, meter.summary(global_step), lr)
-                    stats = self._end_epoch(epoch, sums) if i + 1 == self.iters_per_epoch else None
-                    if stats or stop or (self.save_every and global_step % self.save_every == 0):
-                        self.save_checkpoint(epoch, i + 1, global_step, sums)
+                        self.reporter.step(state.global_step, loss, lr)
+                    done = state.step == self.iters_per_epoch
+                    if self.dist.is_main and (state.global_step % self.log_freq == 0 or done):
+                        self._log_line(state.epoch, i, meter.summary(state.global_step), lr)
+                    stats = self._end_epoch(state) if done else None
+                    if stats or stop or (self.save_every and state.global_step % self.save_every == 0):
+                        self.save_checkpoint(state)
                     if stop:
                         log.warning("stopped at global step %d (run.max_seconds=%s or a stop signal); continue with "
-                                    "--resume auto", global_step, self.max_seconds)
-                        return True, global_step, sums, stats
+                                    "--resume auto", state.global_step, self.max_seconds)
+                        return True, stats
         finally:
             if bar is not None:
                 bar.close()
-        return False, global_step, sums, stats
+        return False, stats
 
     def _train_step(self, samples: dict, global_step: int, out_of_time: bool) -> tuple[float, bool]:
         update = (global_step + 1) % self.accum == 0
-        sync = contextlib.nullcontext()
-        if self.ddp_model is not self.model and not update:
-            sync = self.ddp_model.no_sync()
-        with sync:
+        with self.parallel.sync(update):
             with self._autocast():
-                out = self.ddp_model(samples)
+                out = self.parallel.module(samples)
             loss = out["loss"]
             # a model that does not report its token count is weighted per rank (plain mean over ranks)
             ntok = torch.as_tensor(out.get("num_tokens", 1), device=loss.device)
