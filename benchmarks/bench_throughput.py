@@ -221,41 +221,49 @@ def main() -> None:
     grad_diff = {k: (v[1][0] - ref_grad).abs().max().item() for k, v in checks.items()}
 
     progress(f"loss checks done: {loss_diff}")
+    peak = matmul_peak()
+    counted = ("faithful", "packing+label_logits", "packing+label_logits+store")
+    flops = {tr.name: step_flops(tr, first[tr.store]) for tr in trainers if tr.name in counted}
+    fixed = {"setup": {"vit": "256x6 (224 px, patch 14)", "qformer": "256x4, 32 queries",
+                       "llm": "Llama 512x8, vocab 32000", "batch": BATCH, "dtype": "float32", "threads": args.threads,
+                       "rounds": args.rounds, "steps_per_round": args.steps,
+                       "configurations_in_round_order": list(CONFIGS),
+                       "sequence_lengths_first_batch": [int(x) for x in lengths]},
+             "feature_store_extract_s": extract_s, "loss_max_abs_diff": max(loss_diff.values()),
+             "loss_abs_diff_each": loss_diff, "grad_max_abs_diff_each": grad_diff, "flops_per_step": flops,
+             "matmul_peak_gflops": peak / 1e9, **caption_figures(args.quick)}
     rates = {name: [] for name in CONFIGS}
     for r in range(args.rounds):  # ABAB...: every configuration once per round, in the same order
         for tr in trainers:
             rates[tr.name].append(tr.run(args.steps, warm_up=r == 0))
             progress(f"round {r + 1}: {tr.name} {rates[tr.name][-1]:.3f} samples/s")
+        write(args.out, {**fixed, **summary(rates, flops, peak), "rounds_done": r + 1})
+    print(Path(args.out).read_text())
+
+
+def summary(rates: dict, flops: dict, peak: float) -> dict:
+    """Ratios are medians of per-round ratios (both sides measured in the same round)."""
+    def ratio(a, b):
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b]))
+
     median = {k: statistics.median(v) for k, v in rates.items()}
-    peak = matmul_peak()
-    counted = ("faithful", "packing+label_logits", "packing+label_logits+store")
-    flops = {tr.name: step_flops(tr, first[tr.store]) for tr in trainers if tr.name in counted}
-    util = {k: flops[k] * median[k] / BATCH / peak for k in counted}
     best = "packing+label_logits"
-    result = {
-        "setup": {"vit": "256x6 (224 px, patch 14)", "qformer": "256x4, 32 queries", "llm": "Llama 512x8, vocab 32000",
-                  "batch": BATCH, "dtype": "float32", "threads": args.threads, "rounds": args.rounds,
-                  "steps_per_round": args.steps, "configurations_in_round_order": list(CONFIGS), "sequence_lengths_first_batch": [int(x) for x in lengths]},
+    return {
         "train_samples_per_s": median,
         "train_samples_per_s_rounds": rates,
-        "train_speedup_vs_faithful": median[best] / median["faithful"],
-        "train_speedup_vs_faithful_each": {k: median[k] / median["faithful"] for k in CONFIGS},
-        "feature_store_speedup": median[best + "+store"] / median[best],
-        "store_and_shortcuts_vs_faithful_pixels": median[best + "+store"] / median["faithful"],
-        "feature_store_extract_s": extract_s,
-        "loss_max_abs_diff": max(loss_diff.values()),
-        "loss_abs_diff_each": loss_diff,
-        "grad_max_abs_diff_each": grad_diff,
-        "flops_per_step": flops,
-        "matmul_peak_gflops": peak / 1e9,
-        "flop_utilisation": util,
-        "useful_flop_utilisation_vs_faithful_work": {k: flops["faithful"] * median[k] / BATCH / peak for k in CONFIGS},
+        "train_speedup_vs_faithful": ratio(best, "faithful"),
+        "train_speedup_vs_faithful_each": {k: ratio(k, "faithful") for k in rates},
+        "feature_store_speedup": ratio(best + "+store", best),
+        "store_and_shortcuts_vs_faithful_pixels": ratio(best + "+store", "faithful"),
+        "flop_utilisation": {k: flops[k] * median[k] / BATCH / peak for k in flops},
+        "useful_flop_utilisation_vs_faithful_work": {k: flops["faithful"] * median[k] / BATCH / peak for k in rates},
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-    result.update(caption_figures(args.quick))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+
+
+def write(out: str, result: dict) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
