@@ -19,3 +19,21 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(BaseTask, "build_model", boom)
     monkeypatch.setattr(BaseTask, "build_datasets", boom)
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging():
+    """Entry points called in-process set up logging on the test's captured stderr; put the root logger back
+    afterwards, so a later test does not log into a stream pytest has closed."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    for h in root.handlers[:]:
+        if h not in handlers:
+            root.removeHandler(h)
+    for h in handlers:
+        if h not in root.handlers:
+            root.addHandler(h)
+    root.setLevel(level)
