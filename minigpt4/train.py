@@ -110,14 +110,12 @@ def resolve_resume(run, flag: str | None, allow_fresh: bool = False):
     return None
 
 
-def check_resume(path, world_size: int) -> None:
-    """Refuse a file that is not our resume file, or one written by another number of processes, up front."""
+def check_resume(path, world_size: int) -> dict:
+    """The resume file at ``path``, read and checked once (ours, complete, written by ``world_size``
+    processes); the runner continues from the state returned."""
     from minigpt4.runners import checkpointing as C
 
-    state = C.load_resume(path)
-    if state["world_size"] != world_size:
-        raise ConfigError(f"run.resume_ckpt_path: {path} was written by {state['world_size']} process(es); "
-                          f"resume with the same number (now {world_size})")
+    return C.load_resume(path, world_size)
 
 
 def main(argv=None, args=None) -> int:
@@ -144,8 +142,9 @@ def main(argv=None, args=None) -> int:
     setup_logger(info.rank)
     job_id = D.broadcast_object(run.get("job_id") or new_job_id())
     resume = resolve_resume(run, args.resume, args.allow_fresh)
+    resume_state = None
     if resume is not None:
-        check_resume(resume, info.world_size)
+        resume_state = check_resume(resume, info.world_size)
         run.resume_ckpt_path = str(resume)
     out_dir = ensure_writable(job_folder(run, job_id, resume))
     if resume is None and previous_run(out_dir) and info.is_main:
@@ -157,12 +156,13 @@ def main(argv=None, args=None) -> int:
         cfg.pretty_print()
         log.info("output folder: %s", out_dir)
 
-    setup_seeds(int(run.get("seed", 42)) + info.rank)
+    setup_seeds(run.seed + info.rank)
     task = setup_task(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg, device=info.device)
-    runner_cls = registry.get_runner_class(run.get("runner", "runner_base"))
-    runner = runner_cls(cfg, job_id, task, model, datasets, dist_info=info, output_dir=out_dir)
+    runner_cls = registry.get_runner_class(run.runner, key="run.runner")
+    runner = runner_cls(cfg, job_id, task, model, datasets, dist_info=info, output_dir=out_dir,
+                        resume=resume_state)
     result = runner.train()
     if info.is_main:
         log.info("done: %s", result)
