@@ -47,9 +47,9 @@ def _option_value(item: str, key: str, raw: str):
     return parsed
 
 
-def parse_options(options: Iterable[str] | None) -> DictConfig:
+def parse_options(options: Iterable[str] | None, require_section: bool = True) -> DictConfig:
     """``["a.b=1", "c=x"]`` or alternating ``["a.b", "1", "c", "x"]`` -> DictConfig. A key must be a dotted
-    name (``run.max_epoch``); a malformed item is an error naming it."""
+    name (``run.max_epoch``) unless ``require_section`` is false; a malformed item is an error naming it."""
     options = list(options or [])
     if not options:
         return OmegaConf.create()
@@ -68,7 +68,7 @@ def parse_options(options: Iterable[str] | None) -> DictConfig:
         if not KEY_TOKEN.match(key):
             raise ConfigError(f"--options {item!r}: {key!r} is not a config key; expected a dotted name such as "
                               f"model.end_sym or run.max_epoch")
-        if "." not in key:
+        if require_section and "." not in key:
             raise ConfigError(f"--options {item!r}: name the section too, e.g. run.{key} or model.{key}")
         value = _option_value(item, key, raw)
         if not OmegaConf.is_config(value):

@@ -145,7 +145,7 @@ def check_section(section: str, cfg, cls, *, warn_compat: bool = False) -> None:
         f, types, hint = known[name]
         value = plain(cfg[name])
         if dataclasses.is_dataclass(hint):
-            if not isinstance(value, dict):
+            if not isinstance(value, dict) and not isinstance(value, hint):  # a node already typed by ``hint``
                 raise ConfigError(f"{section}.{name} must be a mapping, got {value!r}")
             check_section(f"{section}.{name}", cfg[name], hint, warn_compat=warn_compat)
             continue

@@ -187,7 +187,7 @@ def load(path: str | Path | None = None, options=None, overrides: dict | None = 
         cfg = OmegaConf.merge(cfg, user.curate or {})
     opts = [o[len("curate."):] if o.startswith("curate.") else o for o in options or []]
     if opts:
-        parsed = parse_options(opts)
+        parsed = parse_options(opts, require_section=False)
         _check(parsed, DEFAULTS, "")
         cfg = OmegaConf.merge(cfg, parsed)
     given = _drop_none(overrides or {})

@@ -128,7 +128,7 @@ class RunnerBase:
         if self.device.type != "cuda":
             log.info("run.amp is ignored on %s: training in float32", self.device.type)
             return None, None
-        name = self.run.amp_dtype
+        name = typed(RunConfig, self.run, "run").amp_dtype
         if name not in AMP_DTYPES:
             raise ConfigError(f"run.amp_dtype must be one of {sorted(AMP_DTYPES)}, got {name!r}")
         dtype = AMP_DTYPES[name]
