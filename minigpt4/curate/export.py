@@ -19,8 +19,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from PIL import Image
 
+from minigpt4.images import open_image
 from minigpt4.curate.config import CurateError
 from minigpt4.curate.workdir import WorkDir, by_key, write_json
 
@@ -65,8 +65,7 @@ def run_export(cfg, work: WorkDir) -> dict:
             continue
         tmp = target.with_name(f".{target.name}.tmp")
         try:
-            with Image.open(row["image"]) as img:
-                img.convert("RGB").save(tmp, format="JPEG", quality=int(cfg.export.jpeg_quality))
+            open_image(row["image"]).save(tmp, format="JPEG", quality=int(cfg.export.jpeg_quality))
         except (OSError, ValueError, KeyError) as exc:
             raise CurateError(f"export {row['key']}: cannot read its image {row.get('image')!r} ({exc})") from None
         tmp.replace(target)

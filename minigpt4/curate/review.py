@@ -20,8 +20,8 @@ import json
 import logging
 from pathlib import Path
 
-from PIL import Image
 
+from minigpt4.images import open_image
 from minigpt4.curate.config import CurateError
 from minigpt4.curate.workdir import WorkDir, by_key, read_jsonl, write_atomic
 
@@ -48,12 +48,11 @@ def image_data_uri(path: str | None, max_side: int) -> str | None:
     if not path:
         return None
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            img.thumbnail((max_side, max_side))
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=85)
-    except (OSError, ValueError):
+        img = open_image(path)
+        img.thumbnail((max_side, max_side))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=85)
+    except (OSError, ValueError):  # a missing or unreadable picture: the row shows "(no image)"
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 

@@ -17,8 +17,8 @@ import logging
 from pathlib import Path
 
 import torch
-from PIL import Image
 
+from minigpt4.images import open_image
 from minigpt4.datasets import skips
 from minigpt4.datasets.seeding import cpu_rng_scope
 from minigpt4.errors import ConfigError, MissingFile
@@ -116,9 +116,8 @@ class DescribedImageFolder(torch.utils.data.Dataset):
     def load(self, i: int, seed: int | None = None) -> dict:
         path = self.root / self.keys[i]
         try:
-            with Image.open(path) as img:
-                image = img.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            image = open_image(path)
+        except (OSError, ValueError) as e:  # missing, unreadable or too large (UnreadableImage, ImageTooLarge)
             raise skips.SkipSample(skips.BAD_IMAGE, f"{path}: {e}") from None
         if seed is None:
             pixels = self.transform(image)
