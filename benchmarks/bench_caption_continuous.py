@@ -26,7 +26,6 @@ import os
 import platform
 import statistics
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -46,19 +45,9 @@ class _Rows:
 
 
 def load_model(tiny_world: Path):
-    from minigpt4 import inference
+    from minigpt4.testing.tiny_world import load_stage2
 
-    if not (tiny_world / "READY").exists():
-        raise SystemExit(f"--tiny-world {tiny_world}: no built tiny world there (build it with "
-                         "python -m minigpt4.tiny_world, or point --tiny-world at one)")
-    options = [f"model.vit_ckpt={tiny_world}/backbones/vision/eva_vit.pth",
-               f"model.q_former_model={tiny_world}/backbones/vision/blip2_qformer.pth",
-               f"model.llama_model={tiny_world}/backbones/llm",
-               f"model.ckpt={tiny_world}/runs/stage2/tiny/checkpoint_6.safetensors"]
-    args = Namespace(cfg_path=str(ROOT / "eval_configs" / "tiny_eval.yaml"), options=options, device="cpu",
-                     low_resource=False, load_in_4bit=False, device_map=None)
-    cfg, model, vis, _ = inference.load_model(args)
-    return cfg, model, vis
+    return load_stage2(tiny_world)
 
 
 def held_out_items(tiny_world: Path, n: int):

@@ -35,13 +35,9 @@ def load_describer(tiny_world: Path | None):
     from minigpt4 import inference
 
     if tiny_world is not None and (tiny_world / "READY").exists():
-        options = [f"model.vit_ckpt={tiny_world}/backbones/vision/eva_vit.pth",
-                   f"model.q_former_model={tiny_world}/backbones/vision/blip2_qformer.pth",
-                   f"model.llama_model={tiny_world}/backbones/llm",
-                   f"model.ckpt={tiny_world}/runs/stage2/tiny/checkpoint_6.safetensors"]
-        args = Namespace(cfg_path=str(ROOT / "eval_configs" / "tiny_eval.yaml"), options=options, device="cpu",
-                         low_resource=False, load_in_4bit=False, device_map=None)
-        cfg, model, vis, _ = inference.load_model(args)
+        from minigpt4.testing.tiny_world import load_stage2
+
+        cfg, model, vis = load_stage2(tiny_world)
         return "tiny-world stage 2", cfg, model, vis
     from minigpt4.testing.golden import write_config
 
