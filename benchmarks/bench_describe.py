@@ -34,7 +34,7 @@ def load_describer(tiny_world: Path | None):
     """(name, cfg, model, vis_processor) of the tiny world's stage-2 model, else the golden fixture."""
     from minigpt4 import inference
 
-    if tiny_world is not None and (tiny_world / "READY").exists():
+    if tiny_world is not None and (tiny_world / "report.json").exists():
         from minigpt4.testing.tiny_world import load_stage2
 
         cfg, model, vis = load_stage2(tiny_world)

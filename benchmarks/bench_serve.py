@@ -58,8 +58,8 @@ def model_args(args) -> list[str]:
     if args.cfg_path:
         return ["--cfg-path", args.cfg_path] + (["--options", *args.options] if args.options else [])
     tw = Path(args.tiny_world)
-    if not (tw / "READY").exists():
-        sys.exit(f"bench_serve: {tw} is not a built tiny world (no READY file); build it with "
+    if not (tw / "report.json").exists():
+        sys.exit(f"bench_serve: {tw} is not a built tiny world (no report.json); build it with "
                  "python -m minigpt4.tiny_world or pass --cfg-path")
     sys.path.insert(0, str(ROOT))
     from minigpt4.tiny_world.pipeline import latest_checkpoint, model_paths

@@ -10,14 +10,12 @@ def load_stage2(tiny_world: Path):
     through ``eval_configs/tiny_eval.yaml`` as the chat CLI loads it."""
     from minigpt4 import inference
     from minigpt4.common.shipped import config_file
-    from minigpt4.common.tiny_world_paths import set_tiny_world
 
     tiny_world = Path(tiny_world)
-    if not (tiny_world / "READY").exists():
+    if not (tiny_world / "report.json").exists():  # written when the build has finished
         raise SystemExit(f"--tiny-world {tiny_world}: no built tiny world there (build it with "
                          "python -m minigpt4.tiny_world, or point --tiny-world at one)")
-    set_tiny_world(tiny_world)
     args = Namespace(cfg_path=str(config_file("eval_configs/tiny_eval.yaml")), options=[], device="cpu",
-                     low_resource=False, load_in_4bit=False, device_map=None)
+                     tiny_world=str(tiny_world), low_resource=False, load_in_4bit=False, device_map=None)
     cfg, model, vis, _ = inference.load_model(args)
     return cfg, model, vis
