@@ -86,13 +86,15 @@ def test_clip_loss_over_two_ranks_equals_one_process_with_the_whole_batch(tmp_pa
     cases = [(4, 4), (3, 5)]
     g = torch.Generator().manual_seed(2)
     z, t = torch.randn(8, 8, generator=g, dtype=torch.float64), torch.randn(8, 8, generator=g, dtype=torch.float64)
-    ctx = mp.get_context("fork")  # no re-import in the children: seconds instead of a minute on a busy machine
+    ctx = mp.get_context("spawn")  # not fork: a child forked after torch started its thread pool can hang
     port = _free_port()
     procs = [ctx.Process(target=_rank_main, args=(r, 2, port, z, t, cases, 0.05, str(tmp_path))) for r in range(2)]
     for p in procs:
         p.start()
     for p in procs:
         p.join(timeout=120)
+        if p.is_alive():
+            p.kill()
         assert p.exitcode == 0
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for c, sizes in enumerate(cases):
