@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from minigpt4.errors import user_errors
 from minigpt4 import inference
 
 PROJECTION_FILE = "projection.safetensors"
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    with inference.cli_errors("minigpt4.lora_export"):
+    with user_errors("python -m minigpt4.lora_export"):
         if args.out.exists() and any(args.out.iterdir()):
             raise inference.UsageError(f"--out {args.out} is not empty")
         _, model, _, _ = inference.load_model(args)

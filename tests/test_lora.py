@@ -139,3 +139,13 @@ def test_bad_lora_settings_are_one_clear_error():
         lora_settings({"lora_r": 8, "lora_dropout": 1.5}, cpu)
     with pytest.raises(LoraError, match="model.lora_target_modules=\\['wq'\\]: none of them"):
         build(lora_r=4, lora_target_modules=["wq"])
+
+
+def test_export_cli_refuses_a_non_empty_out_in_one_line(tmp_path, capsys):
+    from minigpt4 import lora_export
+
+    (tmp_path / "kept.txt").write_text("x")
+    with pytest.raises(SystemExit) as info:
+        lora_export.main(["--cfg-path", "eval_configs/tiny_eval_lora.yaml", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and f"--out {tmp_path} is not empty" in err[0], err
