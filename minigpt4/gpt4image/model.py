@@ -91,7 +91,7 @@ class GPT4ImageClassifier(nn.Module):
                     backbone_kwargs=kwargs, class_names=class_names)
         if get("backbone_ckpt"):
             load_backbone_weights(model.backbone, get("backbone_ckpt"))
-        return model.to(torch.device(device or get("device") or "cpu"))
+        return model.to(torch.device(device or get("device") or D.default_device()))
 
     # ------------------------------------------------------------------ forward
     def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
