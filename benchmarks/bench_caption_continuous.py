@@ -3,7 +3,7 @@ long answers.
 
     python benchmarks/bench_caption_continuous.py                 # writes benchmarks/results/caption_continuous.json
     python benchmarks/bench_caption_continuous.py --quick         # fewer images, one round
-    python benchmarks/bench_caption_continuous.py --tiny-world /work/tiny_world --images 96 --rounds 3
+    python benchmarks/bench_caption_continuous.py --tiny-world tiny_world --images 96 --rounds 3
 
 Runs what ``python -m minigpt4.caption`` runs after the model is loaded (:class:`minigpt4.captioner.Captioner`:
 read and preprocess each image file, greedy generation, rows in input order; rows are kept in memory instead
@@ -32,7 +32,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "caption_continuous.json"
-TINY_WORLD = Path(os.environ.get("MINIGPT4_TINY_WORLD", "/work/tiny_world"))
+def default_tiny_world() -> Path:
+    """``$MINIGPT4_TINY_WORLD``, else the tiny configs' own lookup (./tiny_world, then the repository's)."""
+    from minigpt4.common.tiny_world_paths import tiny_world_dir
+
+    return Path(os.environ.get("MINIGPT4_TINY_WORLD") or tiny_world_dir())
+
 SETTINGS = [("static", 1), ("static", 8), ("static", 16), ("continuous", 1), ("continuous", 8), ("continuous", 16)]
 
 
@@ -74,7 +79,7 @@ def caption_round(model, vis, items, prompt_for, batch_size, gen, continuous):
     return elapsed, {r["key"]: r["caption"] for r in out.rows}
 
 
-def run(quick: bool = False, *, tiny_world: Path = TINY_WORLD, images: int | None = None, rounds: int | None = None,
+def run(quick: bool = False, *, tiny_world: Path | None = None, images: int | None = None, rounds: int | None = None,
         max_new_tokens: int = 64, threads: int = 1) -> dict:
     from minigpt4 import inference
 
@@ -83,6 +88,7 @@ def run(quick: bool = False, *, tiny_world: Path = TINY_WORLD, images: int | Non
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        tiny_world = Path(tiny_world) if tiny_world is not None else default_tiny_world()
         cfg, model, vis = load_model(tiny_world)
         items = held_out_items(tiny_world, images)
         described = inference.caption_prompt(cfg.model)
@@ -135,7 +141,8 @@ def run(quick: bool = False, *, tiny_world: Path = TINY_WORLD, images: int | Non
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="24 images, one round")
-    p.add_argument("--tiny-world", type=Path, default=TINY_WORLD)
+    p.add_argument("--tiny-world", type=Path, default=None,
+                   help="a built tiny world (default: $MINIGPT4_TINY_WORLD, else ./tiny_world, else the repository's)")
     p.add_argument("--images", type=int, default=None, help="held-out images per setting (default 64, quick 24)")
     p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3, quick 1)")
     p.add_argument("--max-new-tokens", type=int, default=64)

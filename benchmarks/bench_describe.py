@@ -2,7 +2,7 @@
 descriptions embedded per second with the bundled all-MiniLM-L6-v2.
 
     python benchmarks/bench_describe.py                        # tiny-world stage-2 model if built, else the fixture
-    python benchmarks/bench_describe.py --tiny-world /work/tiny_world --images 48 --rounds 3
+    python benchmarks/bench_describe.py --tiny-world tiny_world --images 48 --rounds 3
 
 Describing runs what one rank of ``python -m minigpt4.caption --labels dirs --prompt "... {label} ..."`` runs
 after the model is loaded: reading and preprocessing each image file, batched greedy generation with a
@@ -94,7 +94,7 @@ def describe_round(model, vis, cfg, items, batch_size: int, max_new_tokens: int,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny-world", type=Path, default=Path("/work/tiny_world"))
+    p.add_argument("--tiny-world", type=Path, default=Path("tiny_world"))
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--texts", type=int, default=128, help="short descriptions embedded per round at batch 64")
