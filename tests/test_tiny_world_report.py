@@ -14,21 +14,30 @@ SCENE = Scene.from_json([{"colour": "red", "shape": "circle", "size": "large", "
                          {"colour": "blue", "shape": "square", "size": "small", "col": 5, "row": 2}])
 
 
-def test_review_keeps_the_longest_coherent_part_and_rejects_the_rest(tmp_path):
+def test_review_keeps_the_described_scene_closes_it_and_rejects_the_rest(tmp_path):
     good = T.description(SCENE)
     rows = [{"key": "a", "verdict": "keep", "text": good},
             {"key": "b", "verdict": "keep", "text": good + " There is one shape. It is a large red circle."},
             {"key": "c", "verdict": "keep", "text": "There are two shapes. The There is bigger than the red triangle."},
             {"key": "d", "verdict": "keep",
              "text": "There is one shape. It is a tiny red circle. It is a large red circle."},
-            {"key": "e", "verdict": "reject", "reason": "too_short", "text": "square."}]
+            {"key": "e", "verdict": "reject", "reason": "too_short", "text": "square."},
+            {"key": "f", "verdict": "keep",  # a closing sentence that contradicts the sizes stated is rewritten
+             "text": "There are two shapes. On the left is a small red circle. On the right is a small blue "
+                     "square. The blue square is bigger than the blue square."},
+            {"key": "g", "verdict": "keep",  # no two objects of the world share colour and shape
+             "text": "There are two shapes. On the left is a small red circle. On the right is a large red "
+                     "circle. The red circle is smaller than the red circle."}]
     (tmp_path / "filtered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path, counts = review_edits(tmp_path)
     edits = [json.loads(line) for line in path.read_text().splitlines()]
-    assert counts == {"edited": 2, "rejected": 1}
+    assert counts == {"edited": 3, "rejected": 2}
     assert edits == [{"key": "b", "text": good},
                      {"key": "c", "reject": True, "reason": "not a description of any scene"},
-                     {"key": "d", "text": "There is one shape. It is a large red circle."}]
+                     {"key": "d", "text": "There is one shape. It is a large red circle."},
+                     {"key": "f", "text": "There are two shapes. On the left is a small red circle. On the right "
+                                          "is a small blue square. The two shapes are the same size."},
+                     {"key": "g", "reject": True, "reason": "describes the same object twice"}]
 
 
 def _result(answer: str, caption: str) -> dict:

@@ -5,8 +5,8 @@ stage-2 set uses; their ground-truth descriptions are never read.
 
 The manual pass of the paper (a person reads every kept paragraph, removes what is redundant or broken,
 rejects what cannot be saved) is played by the world's grammar: the reviewer keeps the longest leading
-part of a paragraph that describes a possible scene and rejects a paragraph with none. Like a person
-without the image's labels, it reads only the text.
+part of a paragraph that describes a possible scene, closes it with the comparison its own sentences
+imply, and rejects a paragraph with none. Like a person without the image's labels, it reads only the text.
 """
 from __future__ import annotations
 
@@ -16,22 +16,41 @@ from pathlib import Path
 from minigpt4.tiny_world import text as T
 
 
+def reviewed(text: str) -> tuple[str | None, str | None]:
+    """(the paragraph as the reviewer leaves it, or None; the reason for a rejection). Sentences outside the
+    world's language are dropped; what is left must open with the count and one sentence per object in slot
+    order, naming different objects (no two objects of this world share colour and shape); the paragraph is
+    then cut there and closed with the comparison those sentences imply (a broken or contradicting closing
+    sentence is rewritten, as a person fixing it would)."""
+    parsed = T.parse_description(text)
+    sentences = [s for s in parsed.sentences if s not in parsed.bad]
+    if not sentences:
+        return None, "not a description of any scene"
+    count = T.parse_description(sentences[0]).count
+    if count is None:
+        return None, "not a description of any scene"
+    scene = T.scene_described(T.parse_description(" ".join(sentences[: 1 + count])))
+    if scene is None:
+        return None, "not a description of any scene"
+    if len({o.name for o in scene.objects}) < len(scene.objects):
+        return None, "describes the same object twice"
+    return T.description(scene), None
+
+
 def review_edits(work_dir: Path) -> tuple[Path, dict]:
-    """Edits (``{"key", "text"}`` or ``{"key", "reject", "reason"}``) for the kept rows of ``filtered.jsonl``:
-    a paragraph is cut to its longest leading run of sentences that describes a possible scene (dropping
-    sentences outside the world's language first), and rejected when there is none."""
+    """Edits (``{"key", "text"}`` or ``{"key", "reject", "reason"}``) for the kept rows of ``filtered.jsonl``,
+    made by :func:`reviewed`."""
     from minigpt4.curate.workdir import read_jsonl
 
     edits, counts = [], {"edited": 0, "rejected": 0}
     for row in read_jsonl(Path(work_dir) / "filtered.jsonl"):
         if row["verdict"] != "keep":
             continue
-        parsed = T.parse_description(row["text"])
-        kept = T.coherent_prefix([s for s in parsed.sentences if s not in parsed.bad])
+        kept, reason = reviewed(row["text"])
         if kept is None:
-            edits.append({"key": row["key"], "reject": True, "reason": "not a description of any scene"})
+            edits.append({"key": row["key"], "reject": True, "reason": reason})
             counts["rejected"] += 1
-        elif kept != " ".join(parsed.sentences):
+        elif kept != row["text"]:
             edits.append({"key": row["key"], "text": kept})
             counts["edited"] += 1
     path = Path(work_dir) / "review_edits.jsonl"
