@@ -196,8 +196,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/throughput.json"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=6, help="timed steps per configuration and round")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 steps (a smoke run, not for figures)")
     ap.add_argument("--tiny-world", type=Path, default=None,
                     help="a built tiny world for the captioning figures (default: $MINIGPT4_TINY_WORLD, else "
