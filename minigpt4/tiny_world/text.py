@@ -148,15 +148,6 @@ def is_coherent(text: str) -> bool:
     return parsed.sentences[: 1 + n] == body and parsed.sentences[1 + n:] in closings
 
 
-def coherent_prefix(sentences: list[str]) -> str | None:
-    """The longest run of leading ``sentences`` that is a coherent description, or None."""
-    for end in range(len(sentences), 0, -1):
-        text = " ".join(sentences[:end])
-        if is_coherent(text):
-            return text
-    return None
-
-
 def description_attributes(parsed: Parsed, scene: Scene) -> dict[str, float]:
     """Per-attribute correctness (fraction of ground-truth objects whose attribute is stated correctly)."""
     n = len(scene.objects)
