@@ -31,7 +31,8 @@ def test_review_keeps_the_described_scene_closes_it_and_rejects_the_rest(tmp_pat
     (tmp_path / "filtered.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path, counts = review_edits(tmp_path)
     edits = [json.loads(line) for line in path.read_text().splitlines()]
-    assert counts == {"edited": 3, "rejected": 2}
+    assert counts == {"edited": 3, "rejected": 2, "rejected_by_reason": {"not a description of any scene": 1,
+                                                                        "describes the same object twice": 1}}
     assert edits == [{"key": "b", "text": good},
                      {"key": "c", "reject": True, "reason": "not a description of any scene"},
                      {"key": "d", "text": "There is one shape. It is a large red circle."},

@@ -42,7 +42,7 @@ def review_edits(work_dir: Path) -> tuple[Path, dict]:
     made by :func:`reviewed`."""
     from minigpt4.curate.workdir import read_jsonl
 
-    edits, counts = [], {"edited": 0, "rejected": 0}
+    edits, counts = [], {"edited": 0, "rejected": 0, "rejected_by_reason": {}}
     for row in read_jsonl(Path(work_dir) / "filtered.jsonl"):
         if row["verdict"] != "keep":
             continue
@@ -50,6 +50,7 @@ def review_edits(work_dir: Path) -> tuple[Path, dict]:
         if kept is None:
             edits.append({"key": row["key"], "reject": True, "reason": reason})
             counts["rejected"] += 1
+            counts["rejected_by_reason"][reason] = counts["rejected_by_reason"].get(reason, 0) + 1
         elif kept != row["text"]:
             edits.append({"key": row["key"], "text": kept})
             counts["edited"] += 1

@@ -53,8 +53,9 @@ def _curation(summary: dict | None) -> str:
     rejected = summary.get("rejected_by_reason", {})
     reasons = ", ".join(f"{html.escape(k)} {v}" for k, v in rejected.items()) or "none"
     review = summary.get("review") or {}
+    why = ", ".join(f"{html.escape(k)} {v}" for k, v in review.get("rejected_by_reason", {}).items())
     reviewed = (f", the review ({html.escape(str(review.get('by', '')))}) edited {review.get('edited', 0)}"
-                if review else "")
+                + (f" and rejected {review.get('rejected', 0)}: {why}" if why else "") if review else "")
     return (f"<h2>Curation</h2><p>The stage-1 model described {summary.get('described', 0)} training images with the "
             f"paper's prompt ({summary.get('continued', 0)} answers were continued with the paper's "
             f"<code>Continue</code> turn), the <code>{html.escape(str(summary.get('fixer', '')))}</code> fixer "
