@@ -8,9 +8,9 @@ the stage-2 images itself, the descriptions are cleaned and filtered with python
 stage 2 trains on the ground truth, and a second stage 2 is trained on that curated set), and an
 evaluation of the control, stage 1, stage 2 and stage 2 (curated) on the held-out images.
 
-How long: about 910 CPU seconds from nothing for the full preset (about 8 minutes on a quiet 2-core CPU,
-of which the frozen backbones take about 4.5; measured 14 minutes on a machine shared at load 17-33); a
-second run with the same OUT reuses the data and the backbones. --preset test takes about 2 minutes.
+How long: about 810 CPU seconds from nothing for the full preset (7 min 45 s measured on a quiet 2-core
+CPU, of which the frozen backbones take about 4.7; 14 minutes on a machine shared at load 17-33); a second
+run with the same OUT reuses the data and the backbones. --preset test takes about 2 minutes.
 
 Where results go: OUT/report.json (every figure), OUT/report.html (a page with the held-out images, every
 model's answers and each stage's loss curve), OUT/runs/<stage>/tiny/ (checkpoints, log.txt, curves.png,
