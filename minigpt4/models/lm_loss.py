@@ -27,6 +27,11 @@ from minigpt4.models.prompting import IGNORE_INDEX
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "output_multiplier_scale")
 
 
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits go through the cross-entropy in float32; float32/float64 ones as they are."""
+    return logits.float() if logits.element_size() < 4 else logits
+
+
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:
     """targets[:, t] = labels[:, t + 1] (the token position t predicts); the last position predicts nothing."""
     pad = torch.full_like(labels[:, :1], IGNORE_INDEX)
@@ -74,8 +79,8 @@ def causal_lm_loss(llm, inputs_embeds: torch.Tensor, attention_mask: torch.Tenso
         embeds, kwargs = inputs_embeds, {"attention_mask": attention_mask}
     if not label_logits_only:
         logits = llm(inputs_embeds=embeds, use_cache=False, return_dict=True, **kwargs).logits
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(at_least_float32(logits).flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
     hidden = llm.get_decoder()(inputs_embeds=embeds, use_cache=False, return_dict=True, **kwargs).last_hidden_state
     where = targets != IGNORE_INDEX
     logits = llm.get_output_embeddings()(hidden[where])
-    return F.cross_entropy(logits.float(), targets[where])
+    return F.cross_entropy(at_least_float32(logits), targets[where])
