@@ -148,6 +148,10 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    for name in ("images", "rounds", "max_new_tokens"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     result = run(args.quick, tiny_world=args.tiny_world, images=args.images, rounds=args.rounds,
                  max_new_tokens=args.max_new_tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -224,6 +224,9 @@ def main() -> None:
                     help="a built tiny world for the captioning figures (default: $MINIGPT4_TINY_WORLD, else "
                          "./tiny_world, else the repository's)")
     args = ap.parse_args()
+    for name in ("threads", "rounds", "steps"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.quick:
         args.rounds, args.steps = 1, 2
     torch.set_num_threads(args.threads)
