@@ -32,13 +32,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "caption_continuous.json"
+SETTINGS = [("static", 1), ("static", 8), ("static", 16), ("continuous", 1), ("continuous", 8), ("continuous", 16)]
+
+
 def default_tiny_world() -> Path:
     """``$MINIGPT4_TINY_WORLD``, else the tiny configs' own lookup (./tiny_world, then the repository's)."""
     from minigpt4.common.tiny_world_paths import tiny_world_dir
 
     return Path(os.environ.get("MINIGPT4_TINY_WORLD") or tiny_world_dir())
-
-SETTINGS = [("static", 1), ("static", 8), ("static", 16), ("continuous", 1), ("continuous", 8), ("continuous", 16)]
 
 
 class _Rows:

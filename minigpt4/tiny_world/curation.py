@@ -4,9 +4,9 @@
 stage-2 set uses; their ground-truth descriptions are never read.
 
 The manual pass of the paper (a person reads every kept paragraph, removes what is redundant or broken,
-rejects what cannot be saved) is played by the world's grammar: the reviewer keeps the longest leading
-part of a paragraph that describes a possible scene, closes it with the comparison its own sentences
-imply, and rejects a paragraph with none. Like a person without the image's labels, it reads only the text.
+rejects what cannot be saved) is played by the world's grammar: the reviewer keeps a paragraph's count and
+its sentence for each object, closes them with the comparison they imply, and rejects a paragraph that
+describes no possible scene. Like a person without the image's labels, it reads only the text.
 """
 from __future__ import annotations
 
