@@ -73,3 +73,35 @@ def test_bad_values_are_one_line_config_errors():
     for key in ("sequence_packing", "label_logits_only"):
         with pytest.raises(ConfigError, match=f"model.{key} must be bool"):
             Config.load(options=["model.arch=minigpt4", "model.llama_model=x", f"model.{key}=maybe"])
+
+
+def test_packing_into_rows_first_fit_decreasing():
+    emb = torch.arange(4 * 5, dtype=torch.float).reshape(4, 5, 1)
+    att = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    tgt = torch.where(att.bool(), torch.arange(4 * 5).reshape(4, 5), torch.tensor(-100))
+    e, pos, t = lm_loss.pack_rows(emb, att, tgt, row_tokens=3)  # rows of max(3, longest 5) = 5 tokens
+    # sizes 2, 5, 3, 1 -> [5], [3, 2], [1] + a 4-token tail of zeros with its own positions
+    assert e.shape == (3, 5, 1) and pos.shape == t.shape == (3, 5)
+    assert e[:, :, 0].tolist() == [[5, 6, 7, 8, 9], [10, 11, 12, 0, 1], [15, 0, 0, 0, 0]]
+    assert pos.tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1], [0, 0, 1, 2, 3]]
+    assert t.tolist() == [[5, 6, 7, 8, 9], [10, 11, 12, 0, 1], [15, -100, -100, -100, -100]]
+    # every real token exactly once
+    assert sorted(x for x in t.flatten().tolist() if x != -100) == sorted(tgt[att.bool()].tolist())
+
+
+@pytest.mark.parametrize("row_tokens", [1, 80, 1000])  # one sample per row / 1-2 / all
+def test_packed_rows_equal_the_padded_loss_and_gradients(model, row_tokens):
+    px = inputs(FX)["pixel_values"]
+    with torch.no_grad():
+        feats = model.encode_features(px.repeat(2, 1, 1, 1))
+    samples = {"image_features": feats, "answer": CAPTIONS, "instruction_input": PROMPTS}
+    ref_loss, _, ref_grads = loss_and_grad(model, samples, False, False)
+    model.packing_row_tokens = row_tokens
+    try:
+        for label_only in (False, True):
+            loss, _, grads = loss_and_grad(model, samples, True, label_only)
+            assert abs(loss.item() - ref_loss.item()) <= 1e-6, (row_tokens, label_only, loss, ref_loss)
+            for g, r in zip(grads, ref_grads):
+                torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+    finally:
+        model.packing_row_tokens = 0

@@ -84,6 +84,8 @@ class ModelConfig:
     feature_cache_size: int = key(0, "vision features kept per image key (0: off; needs a frozen tower)", ge=0)
     # training throughput (minigpt4.models.lm_loss): exact shortcuts, off = the original's computation
     sequence_packing: bool = key(False, "pack the batch's samples into one row (padding-free attention)")
+    sequence_packing_row_tokens: int = key(0, "with sequence_packing: rows of at most this many tokens "
+                                           "(longer samples get their own row; 0: one row)", ge=0)
     label_logits_only: bool = key(False, "LM head + cross-entropy only where the next token is a label")
     # projection
     ckpt: Optional[str] = key(None, "trained llama_proj weights (.safetensors or the original .pth)")

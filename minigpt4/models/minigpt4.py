@@ -64,6 +64,7 @@ class MiniGPT4(nn.Module):
         self.adapters: list[nn.Module] = []
         self.chat_template = None  # a TokenizerTemplate: prompts rendered by the LLM tokenizer's own template
         self.sequence_packing = False  # see minigpt4.models.lm_loss (set by from_config)
+        self.packing_row_tokens = 0
         self.label_logits_only = False
         self.train(False)
 
@@ -101,6 +102,7 @@ class MiniGPT4(nn.Module):
                 raise ConfigError("model.feature_cache_size needs a frozen vision tower (freeze_vit, freeze_qformer)")
             model.feature_cache = FeatureCache(cfg.feature_cache_size)
         model.sequence_packing = cfg.sequence_packing
+        model.packing_row_tokens = cfg.sequence_packing_row_tokens
         model.label_logits_only = cfg.label_logits_only
         if model.label_logits_only:
             lm_loss.check_label_logits_only(llm)
@@ -244,7 +246,8 @@ class MiniGPT4(nn.Module):
             with self.maybe_autocast():
                 loss = lm_loss.causal_lm_loss(self.llama_model, batch["inputs_embeds"], batch["attention_mask"],
                                               labels, packing=self.sequence_packing,
-                                              label_logits_only=self.label_logits_only)
+                                              label_logits_only=self.label_logits_only,
+                                              row_tokens=self.packing_row_tokens)
             return {"loss": loss, "num_tokens": (labels[:, 1:] != P.IGNORE_INDEX).sum()}
         with self.maybe_autocast():
             out = self.llama_model(inputs_embeds=batch["inputs_embeds"], attention_mask=batch["attention_mask"],
