@@ -73,6 +73,13 @@ def test_bad_values_are_one_line_config_errors():
     for key in ("sequence_packing", "label_logits_only"):
         with pytest.raises(ConfigError, match=f"model.{key} must be bool"):
             Config.load(options=["model.arch=minigpt4", "model.llama_model=x", f"model.{key}=maybe"])
+    with pytest.raises(ConfigError, match="model.sequence_packing_row_tokens"):
+        Config.load(options=["model.arch=minigpt4", "model.llama_model=x", "model.sequence_packing_row_tokens=-1"])
+
+
+def test_row_size_without_packing_is_refused():
+    with pytest.raises(ConfigError, match="sequence_packing_row_tokens is set but model.sequence_packing is false"):
+        MiniGPT4.from_config(model_cfg(FX, sequence_packing_row_tokens=64))
 
 
 def test_packing_into_rows_first_fit_decreasing():

@@ -72,6 +72,9 @@ class MiniGPT4(nn.Module):
     @classmethod
     def from_config(cls, cfg, device: str | torch.device | None = None) -> "MiniGPT4":
         cfg = typed(ModelConfig, cfg, "model")
+        if cfg.sequence_packing_row_tokens and not cfg.sequence_packing:
+            raise ConfigError("model.sequence_packing_row_tokens is set but model.sequence_packing is false; "
+                              "set sequence_packing: true or leave the row size at 0")
         device = torch.device(device or cfg.device or default_device())
         lora = lora_io.lora_settings(cfg, device)
         llm_dtype = parse_dtype(cfg.torch_dtype, device)
