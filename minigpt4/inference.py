@@ -42,7 +42,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_tiny_world_arg(parser)
     parser.add_argument("--device", default=None,
                         help="torch device, e.g. cpu, cuda, cuda:1 (default: run.device, else cuda if available)")
-    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config keys, e.g. model.ckpt=/path/proj.pth model.torch_dtype=bf16 "
                              "(default: none)")
     parser.add_argument("--low-resource", action="store_true", help="8-bit LLM (bitsandbytes, CUDA only; default: off)")

@@ -51,7 +51,7 @@ def parse_args(argv=None, prog: str = "train.py"):
                    help="the training YAML, e.g. train_configs/minigpt4_stage1_pretrain.yaml or "
                         "train_configs/tiny_stage1.yaml")
     add_tiny_world_arg(p)
-    p.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+    p.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values: key=value ... (e.g. run.max_epoch=1 run.device=cpu; default: none)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="continue a run: 'auto' = the latest resume file under run.output_dir, or a resume "
@@ -59,6 +59,9 @@ def parse_args(argv=None, prog: str = "train.py"):
     p.add_argument("--allow-fresh", action="store_true",
                    help="with --resume auto: start a new run when run.output_dir holds runs but no usable resume "
                         "file (refused otherwise)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in a job folder that already holds one (its resume file and checkpoints "
+                        "are replaced; refused otherwise)")
     return p.parse_args(argv)
 
 
@@ -147,9 +150,13 @@ def main(argv=None, args=None) -> int:
         resume_state = check_resume(resume, info.world_size)
         run.resume_ckpt_path = str(resume)
     out_dir = ensure_writable(job_folder(run, job_id, resume))
-    if resume is None and previous_run(out_dir) and info.is_main:
-        log.warning("%s already holds a run; a new run overwrites its checkpoints (continue it with --resume auto)",
-                    out_dir)
+    if resume is None and D.broadcast_object(previous_run(out_dir)):
+        if not args.overwrite:
+            raise ConfigError(f"{out_dir} already holds a run (its resume.pt); refusing to overwrite it: "
+                              f"continue it with --resume auto, pass --overwrite to start over, or set another "
+                              f"run.job_id / run.output_dir")
+        if info.is_main:
+            log.warning("%s already holds a run; --overwrite: a new run replaces its checkpoints", out_dir)
     check_run(run)
     check_model_files(cfg.model_cfg)
     if info.is_main:

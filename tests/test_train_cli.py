@@ -102,3 +102,21 @@ def test_missing_required_run_key(tmp_path, capsys, no_work):
     del cfg["run"]["init_lr"]
     code, line, _ = _cli(tmp_path, capsys, cfg)
     assert code == 2 and "run.init_lr is required" in line
+
+
+def test_a_new_run_does_not_overwrite_a_finished_one(tmp_path, capsys, no_work):
+    job = tmp_path / "out" / "job"
+    job.mkdir(parents=True)
+    (job / "resume.pt").write_bytes(b"the previous run")
+    code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path))
+    assert code == 2 and "already holds a run" in line and "--resume auto" in line and "--overwrite" in line
+    assert (job / "resume.pt").read_bytes() == b"the previous run"
+    # --overwrite goes on (as far as building the model here), with a warning
+    with pytest.raises(AssertionError, match="work started"):
+        train.cli(["--cfg-path", str(tmp_path / "cfg.yaml"), "--overwrite"])
+
+
+def test_options_given_twice_are_all_applied(tmp_path, capsys, no_work):
+    code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path), "--options", "run.max_epoch=2",
+                         "--options", "run.iters_per_epoch=0")
+    assert code == 2 and "run.iters_per_epoch must be >= 1" in line

@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", default=None, help="YAML with a 'curate:' section (every key has a default)")
     parser.add_argument("--cfg-path", default=None, help="the stage-1 model config (needed by describe)")
     add_tiny_world_arg(parser)
-    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="curate.KEY=VALUE for the curation, other keys for the model config")
     parser.add_argument("--device", default=None, help="torch device for the stage-1 model (default: run.device)")
     parser.add_argument("--images", default=None, help="curate.images: a folder of images or a .tar shard pattern")

@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ex.add_argument("--dataset", default=None, metavar="NAME",
                     help="which datasets.NAME block (default: the only one in the config)")
     add_tiny_world_arg(ex)
-    ex.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE", help="override config values")
+    ex.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help="override config values")
     ex.add_argument("--batch-size", type=int, default=16, help="images per tower forward (default: 16)")
     ex.add_argument("--shard-size", type=int, default=1024, help="samples per shard file (default: 1024)")
     args = parser.parse_args(argv)

@@ -95,7 +95,7 @@ def train_one(job: dict) -> dict:
     log_file = Path(job["run_dir"]).with_suffix(".log")
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "w") as f, contextlib.redirect_stderr(f):  # train.py's log of this run
-        code = train_cli(["--cfg-path", str(job["config"]), "--options", *job["options"]])
+        code = train_cli(["--cfg-path", str(job["config"]), "--overwrite", "--options", *job["options"]])
     logging.basicConfig(level=logging.WARNING, force=True)  # detach the handler from the closed log file
     if code != 0:
         raise RuntimeError(f"train.py exited with {code} for {job['name']}; see {log_file}")

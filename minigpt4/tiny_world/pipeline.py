@@ -60,7 +60,7 @@ def stage_job(out: Path, preset, run: str, nproc: int, *, data: Path | None = No
     else:
         options["datasets.cc_sbu_align.build_info.storage"] = str(data or Path(out) / "data" / "cc_sbu_align")
         options["model.ckpt"] = str(ckpt)
-    args = ["--cfg-path", str(CONFIGS[stage]), "--options", *[f"{k}={v}" for k, v in options.items()]]
+    args = ["--cfg-path", str(CONFIGS[stage]), "--overwrite", "--options", *[f"{k}={v}" for k, v in options.items()]]
     return Job(name=run, cmd=torchrun(nproc, args), log_path=run_dir / "train.log", total=total)
 
 
