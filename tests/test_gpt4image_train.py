@@ -245,6 +245,13 @@ def test_export_cli(tmp_path, capsys):
     assert set(load_file(str(tmp_path / "m.safetensors"))) == set(model.backbone.state_dict())
     assert export.main(["--checkpoint", str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "x")]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+    before = ckpt.read_bytes()
+    for out, says in ((ckpt, "a file of the training run itself"), (tmp_path / "checkpoint_9.safetensors",
+                                                                    "a file of the training run itself"),
+                      (tmp_path, "is a folder")):
+        assert export.main(["--checkpoint", str(ckpt), "--out", str(out)]) == 2
+        assert says in capsys.readouterr().err.strip().splitlines()[-1]
+    assert ckpt.read_bytes() == before and not (tmp_path / "checkpoint_9.safetensors").exists()
 
 
 def test_list_file_instead_of_scanning_and_keys_relative_to_root(tmp_path):

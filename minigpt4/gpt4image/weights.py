@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from minigpt4.errors import MissingFile
+from minigpt4.errors import MissingFile, UsageError
 from minigpt4.models.checkpoint import (CheckpointError, load_safetensors, load_torch, read_trainable,
                                        require_file)
 
@@ -109,6 +109,12 @@ def export_classifier(checkpoint, out) -> Path:
                               **meta.get("backbone_kwargs", {}))
     fresh.load_state_dict(backbone, strict=True)
     out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; name the classifier file, e.g. {out / 'model.safetensors'}")
+    if out.resolve().parent == checkpoint.resolve().parent and (out.name.startswith("checkpoint_")
+                                                                  or out.name == "resume.pt"):
+        raise UsageError(f"--out {out}: is a file of the training run itself ({checkpoint.parent}); "
+                         "write the classifier elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"backbone": meta["backbone"], "num_classes": str(meta["num_classes"]),
             "class_names": json.dumps(meta.get("class_names", [])),
