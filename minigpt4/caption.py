@@ -84,6 +84,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_beams < 1 or args.max_image_pixels < 1:
         parser.error("--batch-size, --max-new-tokens, --num-beams and --max-image-pixels must be at least 1")
+    if not args.repetition_penalty > 0:
+        parser.error(f"--repetition-penalty must be a positive number (1.0: none), got {args.repetition_penalty}")
     return args
 
 
@@ -94,6 +96,9 @@ def check_args(args) -> None:
     if args.prompt and "{label}" in args.prompt and not labelled:
         raise UsageError("--prompt uses {label} but the images have no labels; add --labels dirs (class folders) "
                          "or --list FILE (path,label)")
+    if args.prompt and args.prompt.count("<ImageHere>") > 1:
+        raise UsageError(f"--prompt has {args.prompt.count('<ImageHere>')} <ImageHere>; a caption prompt holds one "
+                         "image (or none: the instruction then follows the image)")
     if args.label_names and not labelled:
         raise UsageError("--label-names needs labels: add --labels dirs or --list FILE")
     if labelled and not Path(args.images).is_dir():

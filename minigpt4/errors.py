@@ -57,3 +57,20 @@ def run_cli(prog: str, fn, *args, **kwargs) -> int:
         return fn(*args, **kwargs)
     except UserError as exc:
         return report(prog, exc)
+
+
+def read_text_file(path, what: str, encoding: str = "utf-8") -> str:
+    """The text of a file a flag or key names (``what``, e.g. ``--list``), or a one-line user error: no such
+    file, a folder, or not text in ``encoding`` (an image given for a CSV, say)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path}: is a folder, not a file")
+    if not path.is_file():
+        raise MissingFile(f"{what} {path}: no such file")
+    try:
+        return path.read_text(encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise InvalidFile(f"{what} {path}: not a {encoding.removesuffix('-sig').upper()} text file "
+                          f"(byte {exc.start}: {exc.reason})") from None

@@ -13,7 +13,7 @@ import logging
 import os
 from pathlib import Path
 
-from minigpt4.errors import MissingFile, UsageError
+from minigpt4.errors import UsageError, read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,7 @@ def relative_key(value: str, root: Path, where: str) -> str:
 def read_list(list_file: Path) -> list[tuple[str, str, str]]:
     """``(where, path, label)`` rows of a CSV (header with ``path`` and ``label``) or JSONL
     (``{"path", "label"}`` per line) file."""
-    if not list_file.is_file():
-        raise MissingFile(f"--list {list_file}: no such file")
-    text = list_file.read_text(encoding="utf-8-sig")
+    text = read_text_file(list_file, "--list", encoding="utf-8-sig")
     rows = []
     if list_file.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         for number, line in enumerate(text.splitlines(), 1):
@@ -108,9 +106,7 @@ def read_label_names(path: Path) -> dict[str, str]:
     """Class id -> name from JSON (``{"id": "name"}`` or ``{"0": ["id", "name"]}``), CSV (two columns
     ``id,name``, an optional header) or text (``id name, synonym, ...`` per line: the first name)."""
     path = Path(path)
-    if not path.is_file():
-        raise MissingFile(f"--label-names {path}: no such file")
-    text = path.read_text(encoding="utf-8-sig")
+    text = read_text_file(path, "--label-names", encoding="utf-8-sig")
     names: dict[str, str] = {}
     suffix = path.suffix.lower()
     if suffix == ".json":

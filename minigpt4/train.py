@@ -137,6 +137,9 @@ def main(argv=None, args=None) -> int:
     setup_logger(int(os.environ.get("RANK", 0)))
     set_tiny_world(args.tiny_world)
     cfg = Config(args)
+    for section in ("model", "datasets"):
+        if not cfg.config.get(section):
+            raise ConfigError(f"{args.cfg_path}: no {section}: section (a training config has model, datasets and run)")
     check_tiny_world(cfg.config, args.cfg_path)
     run = cfg.run_cfg
     if run.get("threads"):

@@ -173,3 +173,26 @@ class _Model:
 def test_caption_stop_strings():
     assert inference.caption_stop_strings(_Model("###")) == ["###"]
     assert inference.caption_stop_strings(_Model("\n")) == ["\n"]  # stage-1 captions end with a newline
+
+
+def test_prompt_with_two_images_and_bad_penalty_are_one_line(tmp_path, capsys):
+    from minigpt4 import caption
+
+    (tmp_path / "imgs").mkdir()
+    base = ["--cfg-path", "eval_configs/tiny_eval.yaml", "--images", str(tmp_path / "imgs"),
+            "--out", str(tmp_path / "o.jsonl")]
+    with pytest.raises(SystemExit) as exc:
+        caption.main([*base, "--repetition-penalty", "0"])
+    assert exc.value.code == 2 and "--repetition-penalty must be a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        caption.main([*base, "--prompt", "<ImageHere><ImageHere>"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("a caption prompt holds one image (or none: "
+                                                                      "the instruction then follows the image)")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x9c\xff")
+    with pytest.raises(SystemExit) as exc:
+        caption.main([*base, "--list", str(photo)])
+    assert exc.value.code == 2
+    assert "--list" in (err := capsys.readouterr().err) and "not a UTF-8 text file" in err
+    assert not (tmp_path / "o.jsonl").exists()

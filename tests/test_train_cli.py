@@ -120,3 +120,29 @@ def test_options_given_twice_are_all_applied(tmp_path, capsys, no_work):
     code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path), "--options", "run.max_epoch=2",
                          "--options", "run.iters_per_epoch=0")
     assert code == 2 and "run.iters_per_epoch must be >= 1" in line
+
+
+@pytest.mark.parametrize("section", ["model", "datasets"])
+def test_a_config_without_a_section(tmp_path, capsys, no_work, section):
+    cfg = _cfg(tmp_path)
+    del cfg[section]
+    code, line, _ = _cli(tmp_path, capsys, cfg)
+    assert code == 2 and f"no {section}: section" in line
+
+
+def test_prompt_files_and_templates_that_cannot_work(tmp_path, capsys, no_work):
+    two = tmp_path / "two.txt"
+    two.write_text("<Img><ImageHere></Img> fine\n<Img><ImageHere></Img> and <ImageHere>\n")
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00<ImageHere>\x9c")
+    for options, says in ((["model.prompt_template=no placeholder"], "model.prompt_template"),
+                          ([f"model.prompt_path={tmp_path}"], "is a folder")):
+        code, line, _ = _cli(tmp_path, capsys, _cfg(tmp_path), "--options", *options)
+        assert code == 2 and says in line, line
+    from minigpt4.errors import InvalidFile
+    from minigpt4.models.prompting import load_prompt_list
+
+    with pytest.raises(InvalidFile, match="line 2: 2 <ImageHere>"):
+        load_prompt_list(two)
+    with pytest.raises(InvalidFile, match="not a UTF-8 text file"):
+        load_prompt_list(binary)

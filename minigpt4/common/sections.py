@@ -31,6 +31,8 @@ def device_name(value) -> str | None:
 def prompt_file(value) -> str | None:
     from minigpt4.common.config import resolve_path
 
+    if value and resolve_path(value).is_dir():
+        return f"{value!r} is a folder; give the text file of instructions (one per line, containing <ImageHere>)"
     if value and not resolve_path(value).is_file():
         return f"no such file {value!r} (a text file of instructions, one per line, containing <ImageHere>)"
     return None
@@ -49,6 +51,12 @@ def _hf_config_keys(value, class_name: str) -> str | None:
         if (name.endswith("_size") or name.startswith("num_")) and isinstance(defaults[name], int):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 return f"{name} must be a whole number > 0, got {v!r}"
+    return None
+
+
+def one_slot(value) -> str | None:
+    if value and value.count("{}") != 1:
+        return f"{value!r} must contain {{}} exactly once (where the instruction goes)"
     return None
 
 
@@ -111,7 +119,8 @@ class ModelConfig:
                       compat="instructions come from prompt_path and prompt_template")
     prompt_path: Optional[str] = key(None, "instruction file for stage 2 (lines containing <ImageHere>)",
                                      check=prompt_file)
-    prompt_template: Optional[str] = key(None, "wraps each instruction, e.g. '###Human: {} ###Assistant: '")
+    prompt_template: Optional[str] = key(None, "wraps each instruction, e.g. '###Human: {} ###Assistant: '",
+                                         check=one_slot)
     max_txt_len: int = key(32, "longest answer in tokens during training", ge=1)
     end_sym: str = key("\n", "text that ends an answer (training target and stop string)")
     pad_token: str = key("$$", "pad token set on the LLM tokenizer")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from minigpt4.errors import InvalidFile
+from minigpt4.errors import InvalidFile, read_text_file
 
 IMAGE_PLACEHOLDER = "<ImageHere>"
 IMAGE_MARKER = -1
@@ -26,8 +26,12 @@ IGNORE_INDEX = -100
 
 
 def load_prompt_list(prompt_path: str | Path, prompt_template: str = "{}") -> list[str]:
-    """Lines of ``prompt_path`` that contain ``<ImageHere>``, each formatted into ``prompt_template``."""
-    lines = Path(prompt_path).read_text(encoding="utf-8").splitlines()
+    """Lines of ``prompt_path`` that contain ``<ImageHere>`` (once), each formatted into ``prompt_template``."""
+    lines = read_text_file(prompt_path, "model.prompt_path").splitlines()
+    for number, line in enumerate(lines, 1):
+        if line.count(IMAGE_PLACEHOLDER) > 1:
+            raise InvalidFile(f"model.prompt_path {prompt_path}, line {number}: {line.count(IMAGE_PLACEHOLDER)} "
+                              f"{IMAGE_PLACEHOLDER} in one instruction; each line holds one image")
     prompts = [prompt_template.format(line) for line in lines if IMAGE_PLACEHOLDER in line]
     if not prompts:
         raise InvalidFile(f"{prompt_path}: no line contains {IMAGE_PLACEHOLDER}")
