@@ -137,9 +137,6 @@ def main(argv=None, args=None) -> int:
     setup_logger(int(os.environ.get("RANK", 0)))
     set_tiny_world(args.tiny_world)
     cfg = Config(args)
-    for section in ("model", "datasets"):
-        if not cfg.config.get(section):
-            raise ConfigError(f"{args.cfg_path}: no {section}: section (a training config has model, datasets and run)")
     check_tiny_world(cfg.config, args.cfg_path)
     run = cfg.run_cfg
     if run.get("threads"):
@@ -161,6 +158,9 @@ def main(argv=None, args=None) -> int:
         if info.is_main:
             log.warning("%s already holds a run; --overwrite: a new run replaces its checkpoints", out_dir)
     check_run(run)
+    for section in ("model", "datasets"):
+        if not cfg.config.get(section):
+            raise ConfigError(f"{args.cfg_path}: no {section}: section (a training config has model, datasets and run)")
     check_model_files(cfg.model_cfg)
     if info.is_main:
         cfg.pretty_print()
