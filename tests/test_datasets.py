@@ -206,6 +206,19 @@ def test_align_missing_images_reported_at_build_time(tmp_path, caplog):
     assert ds.build_skips == {"missing_image": 3}
 
 
+def test_align_empty_captions_are_skipped_and_counted(tmp_path, caplog):
+    write_align(tmp_path, 4, missing={3})
+    ann = json.loads((tmp_path / "filter_cap.json").read_text())
+    ann["annotations"][0]["caption"] = ""
+    ann["annotations"][1]["caption"] = "  "
+    (tmp_path / "filter_cap.json").write_text(json.dumps(ann))
+    with caplog.at_level(logging.WARNING):
+        ds = build("cc_sbu_align", align_cfg(tmp_path))
+    assert [a["image_id"] for a in ds.annotations] == [1002]
+    assert ds.build_skips == {"missing_image": 1, "missing_caption": 2}
+    assert "2 entries" in caplog.text and "empty caption" in caplog.text
+
+
 def test_align_bad_storage_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"datasets\.cc_sbu_align\.build_info\.storage"):
         build("cc_sbu_align", align_cfg(tmp_path / "nope"))

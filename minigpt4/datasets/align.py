@@ -68,14 +68,21 @@ class CCSBUAlignDataset(Dataset):
         self.vis_processor = vis_processor
         self.text_processor = text_processor  # kept for the builder interface; captions stay raw
         image_dir = self.storage / "image"
-        anns, missing = [], []
+        anns, missing, empty = [], [], []
         for ann in read_annotations(self.storage, name):
+            if not ann["caption"].strip():  # nothing to learn from; shards count the same as missing_caption
+                empty.append(ann["image_id"])
+                continue
             path = _find_image(image_dir, ann["image_id"])
             if path is None:
                 missing.append(ann["image_id"])
             else:
                 anns.append({"image_id": ann["image_id"], "caption": ann["caption"], "path": str(path)})
-        self.build_skips = {skips.MISSING_IMAGE: len(missing)} if missing else {}
+        self.build_skips = {k: n for k, n in ((skips.MISSING_IMAGE, len(missing)),
+                                              (skips.MISSING_CAPTION, len(empty))) if n}
+        if empty:
+            log.warning("dataset %r: %d entries of %s have an empty caption (first: %s); skipping them", name,
+                        len(empty), self.storage / "filter_cap.json", ", ".join(str(i) for i in empty[:_SHOW_IDS]))
         if missing:
             shown = ", ".join(str(i) for i in missing[:_SHOW_IDS])
             log.warning("dataset %r: %d of %d entries of %s have no image in %s (first: %s%s); skipping them",
