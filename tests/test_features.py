@@ -123,3 +123,38 @@ def test_webdataset_store_and_cli(tmp_path, model):
     with torch.no_grad():
         direct = model.encode_features(torch.stack([s["image"] for _, s in want]))
     torch.testing.assert_close(torch.stack([s["image_features"] for _, s in got]), direct, atol=1e-5, rtol=1e-5)
+
+
+def test_a_damaged_shard_is_named_and_extracted_again(tmp_path, model):
+    root = write_align(tmp_path / "align", 5)
+    ds = align_builder(root).build_datasets()["train"]
+    vis_proc, _ = align_builder(root).build_processors()
+    out = tmp_path / "store"
+    extract(model.vision, ds, vis_proc, EVAL, out, batch_size=4, shard_size=2)
+    before = S.FeatureStore(out)
+    emptied, cut = sorted(out.glob("part-*.safetensors"))[:2]
+    lost = S.shard_keys(emptied) + S.shard_keys(cut)
+    emptied.write_bytes(b"")
+    cut.write_bytes(cut.read_bytes()[:-10])
+    with pytest.raises(ConfigError, match=rf"^feature_store: {emptied}: not a readable feature-store shard "
+                                          r"\(header too small\); run the extract command .* again"):
+        S.FeatureStore(out)
+    counts = extract(model.vision, ds, vis_proc, EVAL, out, batch_size=4, shard_size=2)
+    assert counts["written"] == len(lost) and counts["reused"] == 5 - len(lost)
+    assert sorted(p.name for p in out.glob("*.unreadable")) == [emptied.name + ".unreadable",
+                                                                 cut.name + ".unreadable"]
+    after = S.FeatureStore(out)
+    assert sorted(after.index) == sorted(before.index)
+    for key in before.index:
+        assert torch.equal(after.get(key), before.get(key))
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path, model):
+    root = write_align(tmp_path / "align", 1)
+    ds = align_builder(root).build_datasets()["train"]
+    vis_proc, _ = align_builder(root).build_processors()
+    (tmp_path / "notes.txt").write_text("mine")
+    for out, why in ((tmp_path / "notes.txt", "is a file"), (tmp_path / "notes.txt" / "store", "cannot create")):
+        with pytest.raises(ConfigError, match=rf"^--out {out}: {why}"):
+            extract(model.vision, ds, vis_proc, EVAL, out)
+    assert (tmp_path / "notes.txt").read_text() == "mine"

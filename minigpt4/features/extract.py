@@ -81,16 +81,24 @@ class _Writer:
 
 
 def _prepare(out: Path, meta: dict) -> str | None:
-    """Rank 0: create the folder and its meta.json, or check that it holds this store. Returns a refusal."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Rank 0: create the folder and its meta.json, or check that it holds this store, setting aside shards
+    that cannot be read (the store is then unfinished until this run completes it). Returns a refusal."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out}: is a file; give the store's folder (new, or one to complete)"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exn:
+        return f"--out {out}: cannot create the folder ({exn.strerror or exn})"
     old = S.read_meta(out)
     fixed = ("format", "tower", "processor")
     if old is not None and {k: old.get(k) for k in fixed} != {k: meta[k] for k in fixed}:
         return f"--out {out}: holds features of another tower or processor; use an empty folder"
     if old is None and any(out.iterdir()):
         return f"--out {out}: not empty and not a feature store; use an empty folder"
-    if old is None or not old.get("complete"):
-        S.write_meta(out, meta)
+    bad = S.unreadable_shards(out)
+    if old is None or not old.get("complete") or bad:
+        S.write_meta(out, meta)  # unfinished (again) until this run has extracted what is missing
+    S.set_aside(bad)
     return None
 
 

@@ -10,18 +10,22 @@ pixels: a digest of every tensor of the tower (ViT, ln_vision, Q-Former, query t
 shape and dtype, and the image processor as a transform (which must be deterministic). Training refuses
 a store whose fingerprint differs from its own tower and ``vis_processor.train``, and an unfinished one.
 Shards are written whole under a temporary name and renamed, so an interrupted extraction leaves only
-complete shards and continues from them.
+complete shards and continues from them; a shard damaged afterwards (cut short, emptied) is set aside by
+the next extraction, which computes its samples again, and named by training, which refuses the store.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
 import torch
 
 from minigpt4.common.config import ConfigError
+
+log = logging.getLogger(__name__)
 
 FORMAT = 1
 META = "meta.json"
@@ -93,11 +97,47 @@ def write_meta(folder: Path, meta: dict) -> None:
     os.replace(tmp, path)
 
 
-def shard_keys(path: Path) -> list[str]:
-    from safetensors import safe_open
+class UnreadableShard(ConfigError):
+    """A shard file whose header cannot be read (cut short, emptied, or not a shard); names the file."""
 
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["keys"])
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path}: not a readable feature-store shard ({reason})")
+        self.path, self.reason = Path(path), reason
+
+
+def shard_keys(path: Path) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = json.loads((f.metadata() or {})["keys"])
+    except SafetensorError as exn:
+        raise UnreadableShard(path, str(exn).removeprefix("Error while deserializing header: ")) from None
+    except (KeyError, ValueError):
+        raise UnreadableShard(path, "no JSON list of sample keys in its metadata") from None
+    if not isinstance(keys, list):
+        raise UnreadableShard(path, "no JSON list of sample keys in its metadata")
+    return keys
+
+
+def unreadable_shards(folder: Path) -> list[UnreadableShard]:
+    """The shards of ``folder`` whose header cannot be read, as the errors naming them."""
+    bad = []
+    for shard in sorted(Path(folder).glob("part-*.safetensors")):
+        try:
+            shard_keys(shard)
+        except UnreadableShard as exn:
+            bad.append(exn)
+    return bad
+
+
+def set_aside(bad: list[UnreadableShard]) -> None:
+    """Rename each unreadable shard to ``<name>.unreadable``, so that its samples are extracted again."""
+    for exn in bad:
+        target = exn.path.with_name(exn.path.name + ".unreadable")
+        os.replace(exn.path, target)
+        log.warning("%s; renamed to %s and its samples are extracted again (delete that file once the store "
+                    "is complete)", exn, target.name)
 
 
 def write_shard(path: Path, keys: list[str], features: torch.Tensor) -> None:
@@ -126,7 +166,12 @@ class FeatureStore:
         self.meta = meta
         self.index: dict[str, tuple[str, int]] = {}
         for shard in sorted(self.folder.glob("part-*.safetensors")):
-            for row, key in enumerate(shard_keys(shard)):
+            try:
+                keys = shard_keys(shard)
+            except UnreadableShard as exn:
+                raise ConfigError(f"{where}: {exn}; run the extract command that made {self.folder} again: it "
+                                  f"sets the file aside and extracts its samples anew") from None
+            for row, key in enumerate(keys):
                 self.index[key] = (shard.name, row)
         self._open: dict[str, object] = {}
         self._pid = os.getpid()
