@@ -74,3 +74,27 @@ def read_text_file(path, what: str, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as exc:
         raise InvalidFile(f"{what} {path}: not a {encoding.removesuffix('-sig').upper()} text file "
                           f"(byte {exc.start}: {exc.reason})") from None
+
+
+def out_folder(path, what: str, create: bool = False):
+    """``path`` as a folder to write into, named by ``what`` (e.g. ``--out``): a one-line :class:`UsageError`
+    when it is a file or cannot be created (a parent is a file, no permission). Checked only, unless
+    ``create``; returns the path."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path}: is a file, not a folder")
+    if not path.exists():
+        parent = next((p for p in path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UsageError(f"{what} {path}: cannot be created, {parent} is a file")
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"{what} {path}: cannot be created in {parent} (no permission)")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{what} {path}: cannot create the folder ({exc.strerror or exc})") from None
+    return path

@@ -112,3 +112,17 @@ def test_every_console_script_names_a_function():
     for name, target in scripts.items():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), name
+
+
+def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
+    from minigpt4.errors import out_folder
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(UsageError, match=rf"^--out {notes}: is a file, not a folder$"):
+        out_folder(notes, "--out")
+    with pytest.raises(UsageError, match=rf"^--out {notes / 'x'}: cannot be created, {notes} is a file$"):
+        out_folder(notes / "x", "--out", create=True)
+    assert out_folder(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b" and not (tmp_path / "a").exists()
+    assert out_folder(tmp_path / "a" / "b", "--out", create=True).is_dir()
+    assert notes.read_text() == "mine"

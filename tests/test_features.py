@@ -154,7 +154,8 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, model):
     ds = align_builder(root).build_datasets()["train"]
     vis_proc, _ = align_builder(root).build_processors()
     (tmp_path / "notes.txt").write_text("mine")
-    for out, why in ((tmp_path / "notes.txt", "is a file"), (tmp_path / "notes.txt" / "store", "cannot create")):
-        with pytest.raises(ConfigError, match=rf"^--out {out}: {why}"):
+    for out, why in ((tmp_path / "notes.txt", "is a file, not a folder"),
+                     (tmp_path / "notes.txt" / "store", f"cannot be created, {tmp_path / 'notes.txt'} is a file")):
+        with pytest.raises(ConfigError, match=rf"^--out {out}: {why}$"):
             extract(model.vision, ds, vis_proc, EVAL, out)
     assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -19,6 +19,7 @@ from minigpt4.datasets import skips
 from minigpt4.datasets.align import CCSBUAlignDataset
 from minigpt4.datasets.webdata import (WebImageTextDataset, check_samples, decode_images, group_samples,
                                        number_samples, store_key, tar_members)
+from minigpt4.errors import UsageError, out_folder
 from minigpt4.features import store as S
 from minigpt4.images import ImageTooLarge, UnreadableImage, open_image
 
@@ -83,12 +84,10 @@ class _Writer:
 def _prepare(out: Path, meta: dict) -> str | None:
     """Rank 0: create the folder and its meta.json, or check that it holds this store, setting aside shards
     that cannot be read (the store is then unfinished until this run completes it). Returns a refusal."""
-    if out.exists() and not out.is_dir():
-        return f"--out {out}: is a file; give the store's folder (new, or one to complete)"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exn:
-        return f"--out {out}: cannot create the folder ({exn.strerror or exn})"
+        out_folder(out, "--out", create=True)
+    except UsageError as exn:
+        return str(exn)
     old = S.read_meta(out)
     fixed = ("format", "tower", "processor")
     if old is not None and {k: old.get(k) for k in fixed} != {k: meta[k] for k in fixed}:
