@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from minigpt4.errors import user_errors
+from minigpt4.errors import out_folder, user_errors
 from minigpt4 import inference
 
 PROJECTION_FILE = "projection.safetensors"
@@ -30,6 +30,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_out(out: Path) -> None:
+    """``--out`` must be a new or empty folder."""
+    out_folder(out, "--out")
+    if out.exists() and any(out.iterdir()):
+        raise inference.UsageError(f"--out {out} is not empty")
+
+
 def export(model, out: Path) -> Path:
     """Write ``model``'s LLM with its adapters merged, its tokenizer and its ``llama_proj`` into ``out``.
     The model's LLM is changed in place (adapters folded in and removed)."""
@@ -38,9 +45,8 @@ def export(model, out: Path) -> Path:
 
     if model.lora is None:
         raise inference.UsageError("model.lora_r is not set: there are no adapters to merge")
-    if out.exists() and any(out.iterdir()):
-        raise inference.UsageError(f"--out {out} is not empty")
-    out.mkdir(parents=True, exist_ok=True)
+    check_out(out)
+    out_folder(out, "--out", create=True)
     meta = {**model.checkpoint_meta(), "merged_lora": model.lora.to_meta()}
     meta.pop("lora")
     projection = {k: v for k, v in model.trainable_state_dict().items() if k.startswith("llama_proj.")}
@@ -57,8 +63,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     with user_errors("python -m minigpt4.lora_export"):
-        if args.out.exists() and any(args.out.iterdir()):
-            raise inference.UsageError(f"--out {args.out} is not empty")
+        check_out(args.out)  # before the model loads
         _, model, _, _ = inference.load_model(args)
         export(model, args.out)
     print(f"merged LLM: {args.out}; projection: {args.out / PROJECTION_FILE}")

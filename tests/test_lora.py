@@ -149,3 +149,17 @@ def test_export_cli_refuses_a_non_empty_out_in_one_line(tmp_path, capsys):
         lora_export.main(["--cfg-path", "eval_configs/tiny_eval_lora.yaml", "--out", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert info.value.code == 2 and len(err) == 1 and f"--out {tmp_path} is not empty" in err[0], err
+
+
+def test_export_cli_refuses_a_file_for_out_in_one_line(tmp_path, capsys):
+    from minigpt4 import lora_export
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    for out in (notes, notes / "merged"):
+        with pytest.raises(SystemExit) as info:
+            lora_export.main(["--cfg-path", "eval_configs/tiny_eval_lora.yaml", "--out", str(out)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(err) == 1 and err[0].startswith(
+            f"python -m minigpt4.lora_export: error: --out {out}: "), err
+    assert notes.read_text() == "x"
