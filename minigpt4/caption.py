@@ -162,8 +162,17 @@ class PromptMaker:
         return self.template.replace("{label}", self.readable[item.label])
 
 
+def settings(args, cfg) -> dict:
+    """What decides a caption: the model section (weights, prompt template, ...) and the generation flags."""
+    from omegaconf import OmegaConf
+
+    return {"model": OmegaConf.to_container(cfg.model, resolve=True), "prompt": args.prompt,
+            "template": args.template, "max_new_tokens": args.max_new_tokens, "num_beams": args.num_beams,
+            "repetition_penalty": args.repetition_penalty, "label_names": str(args.label_names or "")}
+
+
 def run(args) -> dict:
-    from minigpt4 import inference
+    from minigpt4 import caption_io, inference
     from minigpt4.common import dist as D
     from minigpt4.sharded_jsonl import ShardedJsonl, launch_ranks
 
@@ -178,6 +187,7 @@ def run(args) -> dict:
     try:
         with user_errors("minigpt4.caption"):
             output = ShardedJsonl(args.out, info.rank, info.world_size)
+            caption_io.check_settings(args.out, bool(output.done), settings(args, cfg), write=info.is_main)
             args.device = str(info.device)
             cfg, model, vis_processor, device = inference.load_model(args)
         D.barrier()  # every rank has read what is done before any rank writes

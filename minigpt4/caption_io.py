@@ -128,3 +128,38 @@ def _samples(dataset, pattern: str) -> Iterator[Item]:
             continue
         data = sample[ext]
         yield Item(key, url, lambda max_pixels=DEFAULT_MAX_IMAGE_PIXELS, d=data, w=f"{url}:{key}.{ext}": load_image_bytes(d, w, max_pixels), kind="shard")
+
+
+def settings_path(out: Path) -> Path:
+    return Path(out).with_name(Path(out).name + ".settings.json")
+
+
+def check_settings(out: Path, has_rows: bool, settings: dict, write: bool) -> None:
+    """Rows already in ``out`` were made with the settings recorded next to it: a rerun with another
+    prompt, checkpoint, model or generation setting would keep them silently, so it is refused, naming
+    what differs. ``write``: record ``settings`` (the main process) when ``out`` has no rows yet."""
+    import json
+
+    from minigpt4.errors import UsageError
+
+    path = settings_path(out)
+    settings = json.loads(json.dumps(settings, default=str))
+    if has_rows:
+        if not path.is_file():
+            log.warning("%s has rows but no %s: cannot check they were made with the same settings", out, path.name)
+            return
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--out {out}: its settings file {path} is unreadable ({exc}); delete both to "
+                             f"caption again") from None
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed:
+            raise UsageError(f"--out {out} holds captions made with other settings (different: "
+                             f"{', '.join(changed)}; see {path.name}); use another --out, or delete {out.name} and {path.name} to "
+                             f"caption again")
+        return
+    if write:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True), encoding="utf-8")
+        tmp.replace(path)

@@ -95,6 +95,21 @@ def test_second_run_resumes_without_duplicates(workdir, batch8):
     assert out.read_text() == first
 
 
+def test_rerun_with_other_settings_is_refused(workdir, batch8, capsys):
+    sidecar = workdir / "b8.jsonl.settings.json"
+    assert json.loads(sidecar.read_text())["prompt"] is None
+    before = (workdir / "b8.jsonl").read_text()
+    argv = ["--cfg-path", str(workdir / "fixture_eval.yaml"), "--images", str(workdir / "images"),
+            "--out", str(workdir / "b8.jsonl"), "--max-new-tokens", NEW_TOKENS, "--no-progress"]
+    with pytest.raises(SystemExit) as exc:
+        caption.main([*argv, "--prompt", "What is in the picture?"])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "holds captions made with other settings (different: prompt;" in line
+    assert (workdir / "b8.jsonl").read_text() == before
+    assert caption.main([*argv, "--batch-size", "3"]) == 0  # the batch size does not change a caption
+    assert (workdir / "b8.jsonl").read_text() == before
+
+
 def test_webdataset_shards(tmp_path, workdir, batch8):
     import webdataset as wds
 
