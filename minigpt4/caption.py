@@ -137,6 +137,12 @@ def listing(args):
         return [caption_io.Item(source.name, str(source), lambda max_pixels=DEFAULT_MAX_IMAGE_PIXELS: caption_io.load_image(source, max_pixels))], None
     else:
         return None, caption_io.shard_urls(args.images)
+    if not items:
+        shards = [o for o in others if o.name.endswith((".tar", ".tar.gz", ".tgz"))]
+        hint = (f"; for webdataset shards give them as --images '{source}/{{00000..{len(shards) - 1:05d}}}.tar' "
+                f"or '{source}/*.tar'" if shards else "")
+        raise UsageError(f"--images {source}: no image file in the folder ({len(others)} other file(s) left out"
+                         f"{', e.g. ' + others[0].name if others else ''}){hint}")
     if others:
         log.info("%s: left out %d file(s), e.g. %s", source, len(others), others[0])
     return items, None

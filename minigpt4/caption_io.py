@@ -81,10 +81,14 @@ class ShardErrors:
 
 
 def shard_urls(pattern: str) -> list[str]:
-    """The shards of a brace pattern such as ``data/{00000..00009}.tar``; missing files are an error."""
+    """The shards of a brace pattern such as ``data/{00000..00009}.tar`` or a glob such as ``data/*.tar``
+    (sorted); missing files are an error."""
+    import glob
+
     from braceexpand import braceexpand
 
-    urls = list(braceexpand(pattern))
+    urls = [hit for part in braceexpand(pattern)
+            for hit in (sorted(glob.glob(part)) or [part] if glob.has_magic(part) and "://" not in part else [part])]
     missing = [u for u in urls if "://" not in u and not Path(u).exists()]
     if missing:
         raise MissingFile(f"--images {pattern}: not a folder, and {len(missing)} shard(s) do not exist, "

@@ -211,3 +211,20 @@ def test_prompt_with_two_images_and_bad_penalty_are_one_line(tmp_path, capsys):
     assert exc.value.code == 2
     assert "--list" in (err := capsys.readouterr().err) and "not a UTF-8 text file" in err
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_folder_without_images_is_refused_and_shards_take_globs(tmp_path, capsys):
+    from minigpt4 import caption_io
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "shards").mkdir()
+    for i in range(3):
+        (tmp_path / "shards" / f"part-{i}.tar").write_bytes(b"")
+    for folder, says in (("empty", "no image file in the folder (0 other file(s) left out)"),
+                         ("shards", "for webdataset shards give them as --images")):
+        with pytest.raises(SystemExit) as exc:
+            caption.main(["--cfg-path", "eval_configs/tiny_eval.yaml", "--images", str(tmp_path / folder),
+                          "--out", str(tmp_path / "o.jsonl")])
+        assert exc.value.code == 2 and says in capsys.readouterr().err
+    assert caption_io.shard_urls(str(tmp_path / "shards" / "*.tar")) == [
+        str(tmp_path / "shards" / f"part-{i}.tar") for i in range(3)]
