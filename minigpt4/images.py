@@ -16,6 +16,7 @@ that starts with where the image came from.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def open_image(source, *, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, whe
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"{where}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001  (Pillow raises many types for broken files)
-        raise UnreadableImage(f"{where}: not a readable image ({type(exc).__name__}: {exc})") from exc
+        detail = re.sub(r" ?<_io\.\w+ object at 0x[0-9a-f]+>", "", str(exc))  # Pillow names the buffer, not the file
+        raise UnreadableImage(f"{where}: not a readable image ({type(exc).__name__}: {detail})") from exc
     return to_rgb(img)
 
 

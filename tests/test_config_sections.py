@@ -3,6 +3,7 @@ warned about once, the key list in docs/CONFIG.md generated from the declaration
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,19 @@ def test_train_cli_boundary_subprocess(tmp_path):
         "train.py: error: --options 'run.[x=1': 'run.[x' is not a config key; expected a dotted name such as "
         "model.end_sym or run.max_epoch")
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("option,says", [("run.job_id=../../escape", "run.job_id: '../../escape' must be a plain folder"),
+                                         ("run.job_id=a/b", "run.job_id"),
+                                         ("model.lora_target_modules=[]", "model.lora_target_modules: [] must be")])
+def test_job_id_and_lora_modules_that_cannot_work(option, says):
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        Config.load(options=["model.arch=minigpt4", "model.llama_model=x", option])
+
+
+def test_an_unreadable_image_in_memory_is_named_by_where_it_came_from():
+    from minigpt4.images import UnreadableImage, open_image
+
+    with pytest.raises(UnreadableImage) as exc:
+        open_image(b"not a jpeg", where="shard-000.tar:s00001.jpg")
+    assert str(exc.value).startswith("shard-000.tar:s00001.jpg: not a readable image") and "_io." not in str(exc.value)

@@ -60,6 +60,19 @@ def one_slot(value) -> str | None:
     return None
 
 
+def non_empty_names(value) -> str | None:
+    if value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+        return f"{list(value)!r} must be a non-empty list of module names (or null for the default)"
+    return None
+
+
+def folder_name(value) -> str | None:
+    text = str(value) if value is not None else None
+    if text is not None and (not text or text in (".", "..") or "/" in text or "\\" in text):
+        return f"{text!r} must be a plain folder name inside run.output_dir (no '/', not '.' or '..')"
+    return None
+
+
 def vit_keys(value) -> str | None:
     return _hf_config_keys(value, "Blip2VisionConfig") if value else None
 
@@ -111,7 +124,7 @@ class ModelConfig:
     lora_alpha: Optional[int] = key(None, "LoRA scale alpha (null: equal to lora_r)", gt=0)
     lora_dropout: float = key(0.05, "LoRA dropout, in [0, 1)", ge=0)
     lora_target_modules: Any = key(None, "LLM modules that get LoRA layers (null: q_proj and v_proj)",
-                                   types=(list, NoneType))
+                                   types=(list, NoneType), check=non_empty_names)
     chat_template: Optional[str] = key(None, "tokenizer: prompts in the LLM tokenizer's own chat template",
                                        choices=(None, "tokenizer"))
     # text
@@ -153,7 +166,7 @@ class RunConfig:
     max_grad_norm: Optional[float] = key(None, "clip the gradient norm (null: no clipping)", gt=0)
     seed: int = key(42, "random seed (each process adds its rank)")
     output_dir: str = key("output", "runs go to output_dir/<job_id>")
-    job_id: Optional[str] = key(None, "job folder name (default: a timestamp)")
+    job_id: Optional[str] = key(None, "job folder name (default: a timestamp)", check=folder_name)
     amp: bool = key(False, "mixed precision on CUDA (ignored elsewhere)")
     amp_dtype: str = key("float16", "AMP dtype", choices=("float16", "fp16", "bfloat16", "bf16"))
     resume_ckpt_path: Optional[str] = key(None, "resume file or job folder to continue (same as --resume PATH)")
