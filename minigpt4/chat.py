@@ -28,7 +28,7 @@ example (the tiny world, built with: python -m minigpt4.tiny_world --out tiny_wo
   python -m minigpt4.chat --cfg-path eval_configs/tiny_eval.yaml --image tiny_world/data/eval/test/0.jpg
 """
 FLAGS = {"num_beams": "--num-beams", "max_new_tokens": "--max-new-tokens", "top_p": "--top-p",
-         "temperature": "--temperature", "max_length": "--max-length"}
+         "temperature": "--temperature", "max_length": "--max-length", "seed": "--seed"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling, in (0, 1] (default: 0.9)")
     parser.add_argument("--greedy", action="store_true", help="no sampling: deterministic answers (default: off)")
     parser.add_argument("--seed", type=int, default=None,
-                        help="seed for sampling: reproducible answers (default: none)")
+                        help="seed for sampling: reproducible answers, -2**63..2**64-1 (default: none)")
     return parser.parse_args(argv)
 
 
@@ -119,7 +119,7 @@ def generation_kwargs(args) -> dict:
 
     gen = dict(max_new_tokens=args.max_new_tokens, max_length=args.max_length, num_beams=args.num_beams,
                temperature=args.temperature, top_p=args.top_p)
-    check_generation_settings(**gen, names=FLAGS)
+    check_generation_settings(**gen, seed=args.seed, names=FLAGS)
     return dict(gen, do_sample=not args.greedy, seed=args.seed)
 
 

@@ -68,6 +68,12 @@ def add_conversation_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
+def check_port(port: int, flag: str = "--port") -> None:
+    """A TCP port to listen on (the servers' ``--port``): 1..65535, else a usage error naming the flag."""
+    if not 1 <= port <= 65535:
+        raise UsageError(f"{flag} must be in 1..65535, got {port}")
+
+
 def option_list(args) -> list[str]:
     options = list(args.options or [])
     if args.low_resource:

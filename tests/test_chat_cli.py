@@ -69,7 +69,9 @@ def test_an_unreadable_first_image_and_a_missing_config_exit_with_status_2(monke
                                           (["--num-beams", "0"], "--num-beams must be a whole number >= 1"),
                                           (["--max-new-tokens", "0"], "--max-new-tokens must be"),
                                           (["--top-p", "2"], "--top-p must be in (0, 1]"),
-                                          (["--max-length", "12"], "--max-length must be")])
+                                          (["--max-length", "12"], "--max-length must be"),
+                                          (["--seed", str(2**64)], "--seed must be a whole number in"),
+                                          (["--seed", str(-2**63 - 1)], "--seed must be a whole number in")])
 def test_bad_generation_settings_are_refused_at_start_up(monkeypatch, capsys, files, flags, named):
     monkeypatch.setattr("sys.stdin", io.StringIO("never read\n"))
     with pytest.raises(SystemExit) as exit_info:

@@ -146,8 +146,27 @@ def test_a_rebuilt_image_component_still_lets_bad_uploads_through(pictures):
 
 @pytest.mark.parametrize("flags, named", [(["--max-new-tokens", "0"], "--max-new-tokens must be"),
                                           (["--max-length", "300"], "--max-length must be"),
-                                          (["--port", "0"], "--port must be")])
+                                          (["--port", "0"], "--port must be"),
+                                          (["--port", "99999"], "--port must be in 1..65535, got 99999"),
+                                          (["--max-queue", "0"], "--max-queue must be >= 1"),
+                                          (["--max-file-size", "abc"], "--max-file-size must be"),
+                                          (["--max-file-size=-5mb"], "--max-file-size must be"),
+                                          (["--max-file-size", "0"], "--max-file-size must be"),
+                                          (["--max-file-size", "5 parsecs"], "--max-file-size must be"),
+                                          (["--seed", str(2**64)], "--seed must be a whole number in"),
+                                          (["--seed", str(-2**63 - 1)], "--seed must be a whole number in")])
 def test_bad_settings_are_refused_before_loading(flags, named, capsys):
     with pytest.raises(SystemExit) as exit_info:
         demo.main(["--cfg-path", "never-read.yaml", *flags])
-    assert exit_info.value.code == 2 and named in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and named in err and err.count("\n") == 1, err
+
+
+def test_upload_limits_in_gradio_units_and_seeds_at_torch_bounds(chat, pictures):
+    assert [demo.file_size(text) for text in ("25mb", "1 GB", "512", "3kb")] == [25 * 1024**2, 1024**3, 512, 3072]
+    for seed in (2**64 - 1, -2**63):  # what torch.manual_seed accepts is answered
+        app = demo_app.DemoApp(chat, training_conversation(), max_new_tokens=4, seed=seed)
+        session, _, _ = app.upload(str(pictures / "a.png"), None)
+        _, session, _ = app.ask("What is it?", session)
+        *_, (session, shown) = app.answer(session, 1, 1.0)
+        assert shown[-1]["role"] == "assistant" and "failed" not in shown[-1]["content"]

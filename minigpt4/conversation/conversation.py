@@ -211,7 +211,7 @@ class Chat:
         """Generate the assistant's reply; returns ``(text, token ids)`` and records it in ``conv``.
         ``seed`` makes sampling reproducible (same seed, same text)."""
         check_generation_settings(num_beams=num_beams, max_new_tokens=max_new_tokens, top_p=top_p,
-                                  temperature=temperature)
+                                  temperature=temperature, seed=seed)
         embeds, attention = self._prepare(conv, img_list, max_new_tokens, max_length)
         stops = self.stop_strings(conv)
         gen = dict(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=do_sample, temperature=temperature,
@@ -237,7 +237,7 @@ class Chat:
                       repetition_penalty=repetition_penalty, length_penalty=length_penalty,
                       temperature=temperature, max_length=max_length, do_sample=do_sample, seed=seed)
         check_generation_settings(num_beams=num_beams, max_new_tokens=max_new_tokens, top_p=top_p,
-                                  temperature=temperature)
+                                  temperature=temperature, seed=seed)
         if num_beams > 1:
             text, _ = self.answer(conv, img_list, **kwargs)
             if text:

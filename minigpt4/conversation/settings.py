@@ -6,6 +6,10 @@ import math
 from minigpt4.errors import UserError
 
 
+# What torch.manual_seed and torch.Generator.manual_seed accept (a negative seed is taken modulo 2**64).
+SEED_MIN, SEED_MAX = -0x8000_0000_0000_0000, 0xFFFF_FFFF_FFFF_FFFF
+
+
 class GenerationSettingsError(UserError, ValueError):
     """A generation setting out of range; the message names the option (a flag on the command line)."""
 
@@ -15,9 +19,10 @@ def _number(value) -> bool:
 
 
 def check_generation_settings(*, num_beams=1, max_new_tokens=300, top_p=0.9, temperature=1.0, max_length=None,
-                              names: dict | None = None) -> None:
+                              seed=None, names: dict | None = None) -> None:
     """``num_beams >= 1``, ``max_new_tokens >= 1``, ``0 < top_p <= 1``, ``temperature > 0`` and, when given,
-    ``max_length > max_new_tokens``. ``names`` maps a setting to how the user spelled it (e.g. a flag)."""
+    ``max_length > max_new_tokens`` and ``SEED_MIN <= seed <= SEED_MAX``. ``names`` maps a setting to how the
+    user spelled it (e.g. a flag)."""
     names = names or {}
 
     def refuse(key, rule, value):
@@ -34,3 +39,6 @@ def check_generation_settings(*, num_beams=1, max_new_tokens=300, top_p=0.9, tem
         if not (isinstance(max_length, int) and not isinstance(max_length, bool)) or max_length <= max_new_tokens:
             refuse("max_length", f"a whole number greater than {names.get('max_new_tokens', 'max_new_tokens')} "
                                  f"({max_new_tokens}): it holds the context and the answer", max_length)
+    if seed is not None and (not (isinstance(seed, int) and not isinstance(seed, bool))
+                             or not SEED_MIN <= seed <= SEED_MAX):
+        refuse("seed", f"a whole number in {SEED_MIN}..{SEED_MAX} (what torch.manual_seed accepts)", seed)
