@@ -245,6 +245,29 @@ def test_malformed_requests_get_openai_errors_and_the_server_keeps_serving(serve
     assert reply.choices[0].message.content
 
 
+def test_out_of_range_numbers_and_too_deep_json_are_400s_naming_the_field(served):
+    url, ok = served[0].url + "/v1/chat/completions", [{"role": "user", "content": "hi"}]
+    http = httpx.Client(timeout=30)
+    for seed in (2**64, -2**63 - 1):  # beyond what torch's generators accept
+        for stream in (False, True):
+            resp = http.post(url, json={"messages": ok, "seed": seed, "stream": stream, "max_tokens": 4})
+            err = resp.json()["error"]
+            assert resp.status_code == 400 and err["param"] == "seed" and err["message"].startswith("seed:"), \
+                resp.text
+    for field in ("temperature", "top_p"):
+        for value in ("NaN", "Infinity"):
+            raw = f'{{"messages": [{{"role": "user", "content": "hi"}}], "{field}": {value}}}'.encode()
+            resp = http.post(url, content=raw, headers={"content-type": "application/json"})
+            err = resp.json()["error"]
+            assert resp.status_code == 400 and err["param"] == field and "finite number" in err["message"], resp.text
+    for raw in (b"[" * 100_000, b"[" * 50_000 + b"]" * 50_000):
+        resp = http.post(url, content=raw, headers={"content-type": "application/json"})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json", resp.text
+    for seed in (2**64 - 1, -2**63):  # torch's own bounds are served
+        resp = http.post(url, json={"messages": ok, "seed": seed, "temperature": 1, "max_tokens": 4})
+        assert resp.status_code == 200 and resp.json()["choices"][0]["message"]["content"] is not None, resp.text
+
+
 def test_api_key_and_a_full_queue(served):
     _, app, engine, _ = served
     routes = {r.path: r for r in app.routes}
@@ -276,10 +299,25 @@ def test_cli_usage_errors_exit_with_status_2(files, monkeypatch, capsys):
     monkeypatch.delenv("MINIGPT4_TEST_KEY", raising=False)
     for argv, needle in [(["--api-key-env", "MINIGPT4_TEST_KEY"], "MINIGPT4_TEST_KEY"),
                          (["--allow-local-dir", str(files["root"] / "missing")], "--allow-local-dir"),
-                         (["--max-batch-size", "0"], "--max-batch-size")]:
+                         (["--max-batch-size", "0"], "--max-batch-size"),
+                         (["--max-queue", "0"], "--max-queue must be >= 1, got 0"),
+                         (["--max-length", "-5"], "--max-length must be >= 2"),
+                         (["--max-request-mb", "0"], "--max-request-mb must be a number > 0, got 0.0"),
+                         (["--max-request-mb", "nan"], "--max-request-mb must be a number > 0, got nan"),
+                         (["--max-image-mb", "-1"], "--max-image-mb must be a number > 0, got -1.0"),
+                         (["--batch-window-ms", "inf"], "--batch-window-ms must be a number >= 0"),
+                         (["--port", "99999"], "--port must be in 1..65535, got 99999"),
+                         (["--threads", "-1"], "--threads must be >= 1, got -1"),
+                         (["--threads", "0"], "--threads must be >= 1, got 0"),
+                         (["--threads", str(2**40)], "--threads must be at most this machine's")]:
         with pytest.raises(SystemExit) as exit_info:
             cli.main(["--cfg-path", str(files["cfg"]), *argv])
-        assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and needle in err and err.count("\n") == 1, (argv, err)
+    with pytest.raises(SystemExit) as exit_info:  # checked once the model (its tokenizer) is loaded
+        cli.main(["--cfg-path", str(files["cfg"]), "--max-length", "5"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--max-length 5: the shortest request" in err and "Traceback" not in err
     monkeypatch.setenv("MINIGPT4_TEST_KEY", "k")
     assert cli.check_args(cli.parse_args(["--cfg-path", "x.yaml", "--api-key-env", "MINIGPT4_TEST_KEY"])) == "k"
     assert cli.parse_args(["--cfg-path", "x.yaml"]).host == "127.0.0.1"

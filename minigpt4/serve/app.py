@@ -112,6 +112,9 @@ def create_app(chat: Chat, template: Conversation, engine: Engine, settings: Ser
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+        except RecursionError:
+            raise APIError(400, "the request body is nested too deeply to be read as JSON",
+                           code="invalid_json") from None
         req = parse_request(body)
         default_max = max(1, min(settings.default_max_tokens, settings.max_length // 2))
         params = sampling_params(req, default_max, template_stops)

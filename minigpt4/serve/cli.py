@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from pathlib import Path
 
 from minigpt4 import inference
 from minigpt4.errors import user_errors
+
+MB = 1024 * 1024
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,18 +40,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off by default)")
     add("--api-key-env", default=None, metavar="VAR",
         help="require 'Authorization: Bearer <key>' with the key read from this environment variable")
-    add("--threads", type=int, default=None, help="torch CPU threads")
+    add("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser.parse_args(argv)
 
 
 def check_args(args) -> str | None:
     """Usage errors before the model loads; returns the API key (None = open)."""
-    for name in ("port", "max_batch_size", "max_queue", "default_max_tokens", "max_image_pixels", "max_images"):
-        if getattr(args, name) < (0 if name == "max_queue" else 1):
-            raise inference.UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.batch_window_ms < 0:
-        raise inference.UsageError(f"--batch-window-ms must be >= 0, got {args.batch_window_ms}")
+    inference.check_port(args.port)
+    for name in ("max_batch_size", "max_queue", "default_max_tokens", "max_image_pixels", "max_images", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:  # threads: None = torch's default
+            raise inference.UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    cpus = os.cpu_count() or 1
+    if args.threads is not None and args.threads > cpus:
+        raise inference.UsageError(f"--threads must be at most this machine's {cpus} CPUs, got {args.threads}")
+    if args.max_length is not None and args.max_length < 2:
+        raise inference.UsageError(f"--max-length must be >= 2 (it holds the prompt and the answer), "
+                                   f"got {args.max_length}")
+    for name in ("max_request_mb", "max_image_mb"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value * MB >= 1):
+            raise inference.UsageError(f"--{name.replace('_', '-')} must be a number > 0, got {value}")
+    if not (math.isfinite(args.batch_window_ms) and args.batch_window_ms >= 0):
+        raise inference.UsageError(f"--batch-window-ms must be a number >= 0, got {args.batch_window_ms}")
     if args.allow_local_dir is not None and not Path(args.allow_local_dir).is_dir():
         raise inference.UsageError(f"--allow-local-dir {args.allow_local_dir}: no such directory")
     if args.api_key_env is None:
@@ -69,7 +84,7 @@ def build(args, api_key):
     from minigpt4.serve.app import ServeSettings, create_app
     from minigpt4.serve.images import ImagePolicy
 
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     cfg, model, vis_processor, device = inference.load_model(args)
     template = inference.conversation_from_config(cfg.model, args.template)
@@ -77,18 +92,25 @@ def build(args, api_key):
     max_length = args.max_length or min(2000, limit)
     if max_length > limit:
         raise inference.UsageError(f"--max-length {max_length}: the LLM has only {limit} positions")
-    mb = 1024 * 1024
+    chat = Chat(model, vis_processor, device=device)
+    shortest = template.copy()  # a one-word question without an image, as prompts.build_prompt builds it
+    chat.ask("hi", shortest)
+    shortest.append_message(shortest.roles[1], None)
+    needed = chat.context_length(shortest.get_prompt(), 0) + 1
+    if max_length < needed:
+        raise inference.UsageError(f"--max-length {max_length}: the shortest request (one word, no image) "
+                                   f"needs {needed} positions with this template")
     settings = ServeSettings(model_name=args.model_name, max_length=max_length,
                              default_max_tokens=args.default_max_tokens,
-                             max_request_bytes=int(args.max_request_mb * mb), max_images=args.max_images,
-                             images=ImagePolicy(max_image_bytes=int(args.max_image_mb * mb),
+                             max_request_bytes=int(args.max_request_mb * MB), max_images=args.max_images,
+                             images=ImagePolicy(max_image_bytes=int(args.max_image_mb * MB),
                                                 max_image_pixels=args.max_image_pixels,
                                                 allowed_dir=Path(args.allow_local_dir) if args.allow_local_dir
                                                 else None, allow_remote=args.allow_remote_images),
                              api_key=api_key)
     engine = Engine(model, max_batch_size=args.max_batch_size, batch_window=args.batch_window_ms / 1000,
                     max_queue=args.max_queue).start()
-    return create_app(Chat(model, vis_processor, device=device), template, engine, settings), engine
+    return create_app(chat, template, engine, settings), engine
 
 
 def main(argv=None) -> int:

@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from minigpt4.conversation.settings import SEED_MAX, SEED_MIN
 from minigpt4.generation import SamplingParams
 from minigpt4.serve.errors import APIError, bad_request
 
@@ -57,9 +58,9 @@ class ChatCompletionRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    seed: int | None = Field(None, ge=SEED_MIN, le=SEED_MAX)  # what torch's generators accept
     stop: Union[str, list[str], None] = None
     n: int | None = Field(None, ge=1)
     stream: bool = False
