@@ -10,7 +10,7 @@ from minigpt4.curate.config import DEFAULTS, FAILURE_STRINGS, FIX_PROMPT
 from minigpt4.curate.export import image_ids
 from minigpt4.curate.filter import decide
 from minigpt4.curate.pipeline import parse_stages
-from minigpt4.curate.review import apply_edits
+from minigpt4.curate.review import apply_edits, read_edits
 
 GOOD = "A red square sits in the middle of the picture. The background is plain and evenly lit."
 
@@ -91,7 +91,16 @@ def test_config_keys_types_and_sources(tmp_path):
                              (["filter.min_lenght=3"], "did you mean 'filter.min_length'"),
                              (["fix.openai.timeout=soon"], "curate.fix.openai.timeout must be a number"),
                              (["describe.prompt=Describe it."], "must contain <ImageHere> exactly once"),
-                             (["filter.reject_incomplete=maybe"], "must be true or false")]:
+                             (["filter.reject_incomplete=maybe"], "must be true or false"),
+                             (["fix.openai.timeout=-1"], "curate.fix.openai.timeout must be > 0, got -1"),
+                             (["fix.openai.max_retries=-1"], "curate.fix.openai.max_retries must be >= 0, got -1"),
+                             (["fix.openai.temperature=-3"], "curate.fix.openai.temperature must be >= 0, got -3"),
+                             (["filter.max_repetition=-1"], "curate.filter.max_repetition must be >= 0, got -1"),
+                             (["filter.max_repetition=1.5"], "curate.filter.max_repetition must be <= 1, got 1.5"),
+                             (["filter.min_length=-5"], "curate.filter.min_length must be >= 0, got -5"),
+                             (["export.jpeg_quality=0"], "curate.export.jpeg_quality must be >= 1, got 0"),
+                             (["review.max_image_side=0"], "curate.review.max_image_side must be at least 1"),
+                             (["fix.hf.device=gpu"], "curate.fix.hf.device: 'gpu' is not a device")]:
         with pytest.raises(curate.CurateError, match=message.replace(".", r"\.").replace("(", r"\(")):
             curate.load_config(None, options)
     with pytest.raises(curate.CurateError, match="expected a top-level 'curate:' section"):
@@ -99,7 +108,21 @@ def test_config_keys_types_and_sources(tmp_path):
         curate.load_config(tmp_path / "m.yaml")
 
 
+def test_config_files_that_cannot_be_read_are_one_line(tmp_path):
+    (tmp_path / "syntax.yaml").write_text("curate:\n  seed: [1\n")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(128, 256)))
+    (tmp_path / "folder.yaml").mkdir()
+    for name, message in [("syntax.yaml", r"not valid YAML at line 3, column 1: did not find expected"),
+                          ("binary.yaml", r"not a text \(YAML\) file"), ("folder.yaml", "is a folder, not a YAML file"),
+                          ("none.yaml", "no such file")]:
+        with pytest.raises(curate.CurateError, match=rf"^--config {tmp_path / name}: {message}"):
+            curate.load_config(tmp_path / name)
+
+
 def test_stages_and_image_ids():
+    for nothing in (",", "", " , "):
+        with pytest.raises(curate.CurateError, match=r"^--stages '.*': names no stage; give all, or"):
+            parse_stages(nothing)
     assert parse_stages("all") == ["describe", "fix", "filter", "review", "export"]
     assert parse_stages("all", has_edits=True)[-2:] == ["apply-review", "export"]
     assert parse_stages("export,fix") == ["fix", "export"]  # always in pipeline order
@@ -118,3 +141,20 @@ def test_apply_edits():
     assert rows["b"]["verdict"] == "keep" and rows["b"]["text"] == "B."
     assert (rows["c"]["verdict"], rows["c"]["reason"], rows["c"]["detail"]) == ("reject", "review", "wrong picture")
     assert counts == {"edited": 1, "rejected_by_review": 1, "restored_by_review": 1}
+
+
+def test_review_edits_file_is_checked_line_by_line(tmp_path):
+    edits = tmp_path / "review_edits.jsonl"
+    edits.write_text('{"key": "a", "text": "First."}\n\n{"key": "b", "reject": true}\n{"key": "a", "reject": true}\n')
+    with pytest.raises(curate.CurateError, match=rf"^{edits}:4 \(key 'a'\): the key is edited again \(first at "
+                                                 r"line 1\)"):
+        read_edits(edits, {"a", "b"})
+    edits.write_text('{"key": "a", "text": "First."}\n{"key": "b", "reject": true}')  # written by hand: no newline
+    assert read_edits(edits, {"a", "b"}) == [{"key": "a", "text": "First."}, {"key": "b", "reject": True}]
+    with pytest.raises(curate.CurateError, match=rf"^{edits}:2 \(key 'b'\): no such key in the filtered rows"):
+        read_edits(edits, {"a"})
+    edits.write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    with pytest.raises(curate.CurateError, match=r"^--review-edits / curate.review.edits .*: not a UTF-8 text file"):
+        read_edits(edits, {"a"})
+    with pytest.raises(curate.CurateError, match=r"^--review-edits / curate.review.edits .*: is a folder, not a file"):
+        read_edits(tmp_path, {"a"})

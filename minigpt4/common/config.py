@@ -143,31 +143,30 @@ def _typed(section: str, cfg, declared):
     return fields.typed(declared, cfg, section) if not isinstance(declared, dict) else cfg
 
 
-def load_yaml(path) -> DictConfig:
-    """The user's YAML as a mapping; a missing file, a folder, a YAML error (with its line and column) or a
-    file that is not a mapping is a one-line error naming the file."""
+def load_yaml(path, what: str = "--cfg-path",
+              expected: str = "a mapping of sections (model, datasets, run)") -> DictConfig:
+    """The user's YAML as a mapping; a missing file, a folder, a YAML error (with its line and column), a file
+    that is not text or one that is not a mapping is a one-line error naming the file (as ``what PATH``)."""
     import yaml
 
     p = resolve_path(path)
     if not p.is_file():
-        raise ConfigError(f"--cfg-path {path}: " + ("is a folder, not a YAML file" if p.is_dir() else "no such file"))
+        raise ConfigError(f"{what} {path}: " + ("is a folder, not a YAML file" if p.is_dir() else "no such file"))
     try:
         cfg = OmegaConf.load(p)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"--cfg-path {path}: not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"{what} {path}: not valid YAML{where}: {problem}") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"--cfg-path {path}: not a text (YAML) file") from None
+        raise ConfigError(f"{what} {path}: not a text (YAML) file") from None
     except OSError as e:  # omegaconf's "Invalid loaded object type: int" for a file that is one number
         if "Invalid loaded object type" not in str(e):
             raise
-        raise ConfigError(f"--cfg-path {path}: expected a mapping of sections (model, datasets, run), "
-                          f"got a {str(e).rsplit(' ', 1)[-1]}") from None
+        raise ConfigError(f"{what} {path}: expected {expected}, got a {str(e).rsplit(' ', 1)[-1]}") from None
     if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"--cfg-path {path}: expected a mapping of sections (model, datasets, run), "
-                          f"got a {type(cfg).__name__}")
+        raise ConfigError(f"{what} {path}: expected {expected}, got a {type(cfg).__name__}")
     return cfg
 
 

@@ -1,8 +1,8 @@
 """The ``curate:`` config section: defaults, the paper's prompts, and validation.
 
 A curation YAML holds one ``curate:`` mapping; every key below has a default, so a config names only
-what it changes. An unknown key (a typo) is a one-line :class:`CurateError` naming it, with the closest
-known key suggested. The stage-1 model itself comes from the usual model config (``--cfg-path``).
+what it changes. An unknown key (a typo), a wrong type or a number out of its range is a one-line
+:class:`CurateError` naming it (a typo with the closest known key suggested). The stage-1 model itself comes from the usual model config (``--cfg-path``).
 """
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from minigpt4.errors import UserError
-from minigpt4.common.config import parse_options
+from minigpt4.errors import ConfigError, UserError
+from minigpt4.common.config import load_yaml, parse_options
+from minigpt4.common.fields import check_value
+from minigpt4.common.sections import device_name
 
 STAGES = ("describe", "fix", "filter", "review", "apply-review", "export")
 
@@ -98,7 +100,14 @@ CHOICES = {"fix.fixer": ("rules", "openai", "hf", "none"),
            "filter.already_correct": ("keep_original", "reject", "keep_reply")}
 MIN_ONE = ("describe.batch_size", "describe.max_new_tokens", "describe.num_beams", "describe.max_image_pixels",
            "fix.openai.concurrency",
-           "fix.openai.max_tokens", "fix.hf.max_new_tokens", "fix.hf.batch_size")
+           "fix.openai.max_tokens", "fix.hf.max_new_tokens", "fix.hf.batch_size", "review.max_image_side")
+# ranges of the other numbers, as fields.key() takes them (a null, where allowed, is not checked)
+BOUNDS = {"describe.repetition_penalty": {"gt": 0}, "describe.continue_max_tokens": {"ge": 0},
+          "fix.openai.temperature": {"ge": 0, "le": 2}, "fix.openai.timeout": {"gt": 0},
+          "fix.openai.max_retries": {"ge": 0}, "fix.openai.backoff_initial": {"ge": 0},
+          "fix.openai.backoff_max": {"ge": 0}, "fix.openai.price_per_input_token": {"ge": 0},
+          "fix.openai.price_per_output_token": {"ge": 0}, "filter.min_length": {"ge": 0},
+          "filter.max_repetition": {"ge": 0, "le": 1}, "export.jpeg_quality": {"ge": 1, "le": 100}}
 NULLABLE = ("images", "num_images", "fix.openai.base_url", "fix.openai.price_per_input_token",
             "fix.openai.price_per_output_token", "fix.hf.model", "fix.hf.torch_dtype", "review.edits", "export.out")
 
@@ -147,6 +156,16 @@ def validate(cfg: DictConfig) -> DictConfig:
     for key in MIN_ONE:
         if OmegaConf.select(cfg, key) < 1:
             raise CurateError(f"curate.{key} must be at least 1, got {OmegaConf.select(cfg, key)}")
+    for key, bounds in BOUNDS.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            try:
+                check_value(f"curate.{key}", value, (object,), bounds)
+            except ConfigError as exc:
+                raise CurateError(str(exc)) from None
+    problem = device_name(cfg.fix.hf.device)
+    if problem:
+        raise CurateError(f"curate.fix.hf.device: {problem}")
     if cfg.num_images is not None and cfg.num_images < 1:
         raise CurateError(f"curate.num_images must be at least 1 (or null for all), got {cfg.num_images}")
     if cfg.describe.prompt.count("<ImageHere>") != 1:
@@ -173,11 +192,11 @@ def load(path: str | Path | None = None, options=None, overrides: dict | None = 
     <- ``overrides`` (a nested mapping, e.g. from command-line flags; ``None`` values are ignored)."""
     cfg = OmegaConf.create(DEFAULTS)
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise CurateError(f"--config: {path} does not exist")
-        user = OmegaConf.load(path)
-        if not isinstance(user, DictConfig) or "curate" not in user:
+        try:
+            user = load_yaml(path, "--config", "a top-level 'curate:' section")
+        except ConfigError as exc:
+            raise CurateError(str(exc)) from None
+        if "curate" not in user:
             raise CurateError(f"--config {path}: expected a top-level 'curate:' section")
         extra = [k for k in user.keys() if k != "curate"]
         if extra:
