@@ -287,6 +287,47 @@ def test_bad_input_is_a_one_line_error(setup, tmp_path, capsys, case):
     assert expected in err
 
 
+@pytest.mark.parametrize("case", ["work_dir", "under_file", "export_out", "edits_binary", "edits_folder",
+                                  "hf_unset", "hf_file"])
+def test_unusable_paths_are_one_line_before_any_work(setup, tmp_path, capsys, case):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    (tmp_path / "edits").mkdir()
+    (tmp_path / "edits.jpg").write_bytes(b"\xff\xd8\xff\xe0 a JPEG")
+    work = {"work_dir": notes, "under_file": notes / "work"}.get(case, tmp_path / "w")
+    argv = ["--config", str(setup / "curate.yaml"), "--cfg-path", str(setup / "fixture_eval.yaml"),
+            "--images", str(setup / "images"), "--work-dir", str(work)]
+    argv += {"export_out": ["--export-out", str(notes)], "edits_binary": ["--review-edits", str(tmp_path / "edits.jpg")],
+             "edits_folder": ["--review-edits", str(tmp_path / "edits")], "hf_unset": ["--fixer", "hf"],
+             "hf_file": ["--fixer", "hf", "--options", f"curate.fix.hf.model={notes}"]}.get(case, [])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    expected = {"work_dir": f"curate.work_dir (--work-dir) {notes}: is a file, not a folder",
+                "under_file": f"curate.work_dir (--work-dir) {notes / 'work'}: cannot be created, {notes} is a file",
+                "export_out": f"curate.export.out (--export-out) {notes}: is a file, not a folder",
+                "edits_binary": f"--review-edits / curate.review.edits {tmp_path / 'edits.jpg'}: not a UTF-8 text file",
+                "edits_folder": f"--review-edits / curate.review.edits {tmp_path / 'edits'}: is a folder, not a file",
+                "hf_unset": "curate.fix.hf.model is not set; it must point at a local Hugging Face causal-LM folder",
+                "hf_file": f"curate.fix.hf.model {notes}: is a file; it must point at a local Hugging Face "
+                           "causal-LM folder"}[case]
+    assert err.startswith(f"minigpt4.curate: error: {expected}"), err
+    assert notes.read_text() == "mine" and not (tmp_path / "w" / "described.jsonl").exists()
+
+
+def test_an_export_with_no_pair_warns_that_stage2_refuses_it(tmp_path, caplog):
+    from tests.curate_helpers import PARAGRAPH, config, described_workdir
+
+    work = described_workdir(tmp_path, {"a": PARAGRAPH.format("red"), "b": PARAGRAPH.format("blue")})
+    with caplog.at_level("WARNING", logger="minigpt4.curate"):
+        result = curate.run(config(work, "filter.min_length=10000"), stages="fix,filter,export")
+    assert result["stages"]["export"]["exported"] == 0
+    assert json.loads((work / "cc_sbu_align" / "filter_cap.json").read_text()) == {"annotations": []}
+    assert any("holds 0 pairs" in r.message and "stage-2 training refuses an empty cc_sbu_align" in r.message
+               for r in caplog.records if r.levelname == "WARNING"), caplog.text
+
+
 @pytest.mark.slow  # two processes loading the library and the model: about a minute on 2 busy cores
 def test_torchrun_splits_describe_over_two_ranks(setup, full, tmp_path):
     import subprocess

@@ -72,8 +72,16 @@ def test_hf_fixer_in_the_fix_stage(tmp_path):
 def test_missing_model_folder_names_the_key(tmp_path):
     with pytest.raises(curate.CurateError, match=r"curate\.fix\.hf\.model: .*nowhere does not exist"):
         fixer(tmp_path / "nowhere")
-    with pytest.raises(curate.CurateError, match=r"curate\.fix\.hf\.model is not set"):
+    with pytest.raises(curate.CurateError, match=r"curate\.fix\.hf\.model is not set; it must point at a local "
+                                                 r"Hugging Face causal-LM folder"):
         HFFixer(config(tmp_path).fix.hf, FIX_PROMPT)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(curate.CurateError, match=r"curate\.fix\.hf\.model .*weights\.bin: is a file; it must point "
+                                                 r"at a local Hugging Face causal-LM folder"):
+        fixer(tmp_path / "weights.bin")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(curate.CurateError, match=r"curate\.fix\.hf\.model .*empty: no config\.json"):
+        fixer(tmp_path / "empty")
 
 
 def test_openai_fixer_against_a_loopback_server_running_the_same_llm(tmp_path, monkeypatch):

@@ -81,6 +81,10 @@ def run_export(cfg, work: WorkDir) -> dict:
     write_json(out / "filter_cap.json", {"annotations": anns})
     log.info("export: %d pairs in %s (%d images written, %d already there, %d removed)", len(anns), out,
              written, reused, removed)
+    if not anns:
+        log.warning("export: %s holds 0 pairs (%d image(s), none kept; the reasons are in %s): stage-2 "
+                    "training refuses an empty cc_sbu_align; loosen curate.filter, use another fixer, or keep "
+                    "rows in the review", out / "filter_cap.json", len(described), work.path("summary"))
     summary = write_summary(cfg, work)
     return {"exported": len(anns), "images_written": written, "images_reused": reused, "images_removed": removed,
             "summary": summary}

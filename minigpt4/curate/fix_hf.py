@@ -7,6 +7,7 @@ system role); otherwise the plain text ``<prompt>\n\nParagraph: <text>\n\nFixed 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,25 @@ from minigpt4.curate.config import CurateError
 from minigpt4.curate.fixers import Fixer, FixResult
 
 log = logging.getLogger(__name__)
+FOLDER = "a local Hugging Face causal-LM folder (config.json, weights, tokenizer files)"
+
+
+def check_model(cfg) -> Path:
+    """``curate.fix.hf.model`` is a causal-LM folder transformers can load (small files and weight headers
+    only); a one-line :class:`CurateError` naming the key otherwise. The pipeline runs it before any stage."""
+    from minigpt4.models.checkpoint import CheckpointError, require_file
+    from minigpt4.models.hf_folder import check_causal_lm_folder
+
+    if not cfg.model:
+        raise CurateError(f"curate.fix.hf.model is not set; it must point at {FOLDER}")
+    try:
+        folder = require_file(cfg.model, "model", section="curate.fix.hf")
+        if not folder.is_dir():
+            raise CurateError(f"curate.fix.hf.model {folder}: is a file; it must point at {FOLDER}")
+        check_causal_lm_folder(folder, "curate.fix.hf.model")
+    except CheckpointError as exc:
+        raise CurateError(str(exc)) from None
+    return folder
 
 
 class HFFixer(Fixer):
@@ -22,14 +42,13 @@ class HFFixer(Fixer):
     def __init__(self, cfg, prompt: str):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from minigpt4.models.checkpoint import require_file
         from minigpt4.models.llm import parse_dtype
 
+        folder = check_model(cfg)
         try:
-            folder = require_file(cfg.model, "model", section="curate.fix.hf")
             device = torch.device(cfg.device)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise CurateError(str(exc)) from None
+        except RuntimeError as exc:
+            raise CurateError(f"curate.fix.hf.device={cfg.device}: {exc}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise CurateError(f"curate.fix.hf.device={cfg.device}: no CUDA device is available here")
         try:

@@ -10,13 +10,16 @@ import shutil
 
 from minigpt4.curate import describe, export, filter as filter_stage, fix, review
 from minigpt4.curate.config import STAGES, CurateError
-from minigpt4.curate.workdir import WorkDir
+from minigpt4.curate.workdir import WorkDir, check_folder
 
 log = logging.getLogger(__name__)
 
 
 def parse_stages(stages: str | list[str] | tuple, *, has_edits: bool = False) -> list[str]:
     names = [s.strip() for s in (stages.split(",") if isinstance(stages, str) else stages) if s.strip()]
+    if not names:
+        raise CurateError(f"--stages {stages if isinstance(stages, str) else ','.join(stages)!r}: names no stage; "
+                          f"give all, or a comma list of {', '.join(STAGES)}")
     if names == ["all"]:
         return [s for s in STAGES if s != "apply-review" or has_edits]
     for name in names:
@@ -51,6 +54,15 @@ def run(cfg, *, stages="all", model=None, vis_processor=None, model_args: dict |
     edits = review_edits or cfg.review.edits
     names = parse_stages(stages, has_edits=bool(edits))
     work = WorkDir(cfg.work_dir)
+    check_folder(work.root, "curate.work_dir (--work-dir)")  # before any stage does work
+    if "export" in names:
+        check_folder(export.export_dir(cfg, work), "curate.export.out (--export-out)")
+    if "apply-review" in names and edits:
+        review.parse_edits(edits)
+    if "fix" in names and fixer is None and cfg.fix.fixer == "hf":
+        from minigpt4.curate.fix_hf import check_model
+
+        check_model(cfg.fix.hf)
     work.make()
     if force and rank == 0:
         for name in names:

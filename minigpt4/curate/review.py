@@ -8,8 +8,9 @@ page; "Download edits" saves ``review_edits.jsonl`` with one line per changed ro
     {"key": "0002.jpg", "reject": true, "reason": "describes another picture"}
     {"key": "0003.jpg", "reject": false}            # keep a row the filter rejected
 
-The same file can be written by hand. ``apply-review`` (or ``--review-edits FILE``) turns the filter's
-verdicts plus these edits into ``reviewed.jsonl``, which export then reads instead of ``filtered.jsonl``.
+The same file can be written by hand (one line per key: a key edited on two lines is refused).
+``apply-review`` (or ``--review-edits FILE``) turns the filter's verdicts plus these edits into
+``reviewed.jsonl``, which export then reads instead of ``filtered.jsonl``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from pathlib import Path
 
 from minigpt4.images import open_image
 from minigpt4.curate.config import CurateError
-from minigpt4.curate.workdir import WorkDir, by_key, read_jsonl, write_atomic
+from minigpt4.curate.workdir import WorkDir, by_key, numbered_rows, write_atomic
+from minigpt4.errors import UserError, read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -96,29 +98,46 @@ def run_review(cfg, work: WorkDir) -> dict:
     return {"rows": len(described)}
 
 
-def read_edits(path: str | Path, known: set[str]) -> list[dict]:
+def parse_edits(path: str | Path) -> list[tuple[str, dict]]:
+    """``(where, edit)`` of every edit row of ``path`` (its last line counts even without a newline), each
+    checked on its own; a key edited on two lines is refused (which one should win?). Run before any stage."""
     path = Path(path)
-    if not path.is_file():
-        raise CurateError(f"--review-edits / curate.review.edits: {path} does not exist")
-    edits = read_jsonl(path)
-    for number, edit in enumerate(edits, 1):
-        where = f"{path} (row {number}, key {edit['key']!r})"
+    try:
+        text = read_text_file(path, "--review-edits / curate.review.edits")
+    except UserError as exc:
+        raise CurateError(str(exc)) from None
+    edits, first = [], {}
+    for number, edit in numbered_rows(text, path, drop_cut_line=False):
+        where = f"{path}:{number} (key {edit['key']!r})"
+        if edit["key"] in first:
+            raise CurateError(f"{where}: the key is edited again (first at line {first[edit['key']]}); give each "
+                              "key one line, with all of its fields")
+        first[edit["key"]] = number
         unknown = set(edit) - EDIT_KEYS
         if unknown:
             raise CurateError(f"{where}: unknown field {sorted(unknown)[0]!r}; allowed: key, text, reject, reason")
-        if edit["key"] not in known:
-            raise CurateError(f"{where}: no such key in the filtered rows")
         if "text" in edit and not (isinstance(edit["text"], str) and edit["text"].strip()):
             raise CurateError(f"{where}: 'text' must be a non-empty string")
         if "reject" in edit and not isinstance(edit["reject"], bool):
             raise CurateError(f"{where}: 'reject' must be true or false")
         if "reason" in edit and not isinstance(edit["reason"], str):
             raise CurateError(f"{where}: 'reason' must be a string")
+        edits.append((where, edit))
     return edits
 
 
+def read_edits(path: str | Path, known: set[str]) -> list[dict]:
+    """The checked edits of ``path``, each naming a key of ``known`` (the filtered rows)."""
+    edits = parse_edits(path)
+    for where, edit in edits:
+        if edit["key"] not in known:
+            raise CurateError(f"{where}: no such key in the filtered rows")
+    return [edit for _, edit in edits]
+
+
 def apply_edits(verdicts: list[dict], described: dict[str, dict], edits: list[dict]) -> tuple[list[dict], dict]:
-    """The filter's rows with the edits applied (later edits of a key win), and counts."""
+    """The filter's rows with the edits applied, and counts (:func:`read_edits` gives one edit per key; here a
+    later edit of a key would win)."""
     rows = {v["key"]: dict(v) for v in verdicts}
     counts = {"edited": 0, "rejected_by_review": 0, "restored_by_review": 0}
     for edit in edits:

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from minigpt4.curate.config import CurateError
+from minigpt4.errors import UserError, out_folder
 
 FILES = {"describe": "described.jsonl", "fix": "fixed.jsonl", "filter": "filtered.jsonl",
          "review": "review.html", "apply-review": "reviewed.jsonl", "summary": "summary.json"}
@@ -56,11 +57,16 @@ class WorkDir:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    raw = Path(path).read_text(encoding="utf-8")
-    if raw and not raw.endswith("\n"):
-        raw = raw[: raw.rfind("\n") + 1]
+    return [row for _, row in numbered_rows(Path(path).read_text(encoding="utf-8"), path)]
+
+
+def numbered_rows(text: str, path, *, drop_cut_line: bool = True) -> list[tuple[int, dict]]:
+    """``(line number, row)`` of a JSONL text; ``drop_cut_line``: a last line without its newline is a row cut
+    by a kill and is ignored (the stage files), else it counts (a file written by hand)."""
+    if drop_cut_line and text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
     rows = []
-    for number, line in enumerate(raw.splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -69,8 +75,17 @@ def read_jsonl(path: Path) -> list[dict]:
             raise CurateError(f"{path}:{number}: not JSON ({exc})") from None
         if not isinstance(row, dict) or not isinstance(row.get("key"), str):
             raise CurateError(f"{path}:{number}: a row needs a string 'key', got {line[:80]!r}")
-        rows.append(row)
+        rows.append((number, row))
     return rows
+
+
+def check_folder(path, what: str) -> Path:
+    """``path`` can be written as a folder (it is not a file, nor under one), else a :class:`CurateError`
+    naming ``what``; checked before any stage runs."""
+    try:
+        return out_folder(path, what)
+    except UserError as exc:
+        raise CurateError(str(exc)) from None
 
 
 def by_key(rows: list[dict]) -> dict[str, dict]:
