@@ -204,3 +204,22 @@ def test_incomplete_encoder_folders(tmp_path, capsys, descriptions):
         (st2 / name).unlink(missing_ok=True)
     assert "no tokenizer files" in one_line_error(capsys, "--descriptions", str(descriptions), "--encoder", str(st2),
                                                    "--out", str(tmp_path / "e.safetensors"))
+
+
+def test_a_picture_or_folder_for_descriptions_and_a_bad_device_are_one_line(tmp_path, capsys, descriptions,
+                                                                             monkeypatch):
+    out = str(tmp_path / "e.safetensors")
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+    assert f"--descriptions {photo}: not a UTF-8 text file (byte 0: invalid start byte)" in one_line_error(
+        capsys, "--descriptions", str(photo), "--out", out)
+    assert f"--descriptions {tmp_path}: is a folder, not a file" in one_line_error(
+        capsys, "--descriptions", str(tmp_path), "--out", out)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, message in (("cuda", "--device cuda: no CUDA device is available here; use --device cpu"),
+                            ("foo", "--device 'foo': Expected one of cpu")):
+        capsys.readouterr()
+        assert embed.main(["--descriptions", str(descriptions), "--out", out, "--device", device]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"{embed.PROG}: error: {message}"), err
+    assert not Path(out).exists()

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from minigpt4.errors import UserError, run_cli
+from minigpt4.errors import UserError, read_text_file, run_cli
 
 log = logging.getLogger("minigpt4.gpt4image.embed")
 PROG = "python -m minigpt4.gpt4image.embed"
@@ -51,37 +51,35 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def read_descriptions(path: Path):
     """``(keys, labels, texts, skipped)`` of a caption JSONL, in file order; error rows are skipped."""
-    if not path.is_file():
-        raise DescriptionsError(f"--descriptions {path}: no such file")
+    text = read_text_file(path, "--descriptions")  # a folder, or a picture given by mistake: one line
     keys, labels, texts, first = [], [], [], {}
     skipped = {"error": 0, "empty": 0}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"--descriptions {path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DescriptionsError(f"{where}: not JSON ({exc})") from None
-            if not isinstance(row, dict) or "key" not in row:
-                raise DescriptionsError(f"{where}: not a description row (no \"key\")")
-            key = row["key"]
-            if key in first:
-                raise DescriptionsError(f"{where}: key {key!r} appears twice (first at line {first[key]})")
-            first[key] = number
-            if "error" in row:
-                skipped["error"] += 1
-                continue
-            if not isinstance(row.get("caption"), str):
-                raise DescriptionsError(f"{where}: no \"caption\" text (and no \"error\")")
-            if not row["caption"].strip():
-                skipped["empty"] += 1
-                log.warning("%s: %s has an empty description; skipped", where, key)
-                continue
-            keys.append(key)
-            labels.append(row.get("label"))
-            texts.append(row["caption"])
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"--descriptions {path}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DescriptionsError(f"{where}: not JSON ({exc})") from None
+        if not isinstance(row, dict) or "key" not in row:
+            raise DescriptionsError(f"{where}: not a description row (no \"key\")")
+        key = row["key"]
+        if key in first:
+            raise DescriptionsError(f"{where}: key {key!r} appears twice (first at line {first[key]})")
+        first[key] = number
+        if "error" in row:
+            skipped["error"] += 1
+            continue
+        if not isinstance(row.get("caption"), str):
+            raise DescriptionsError(f"{where}: no \"caption\" text (and no \"error\")")
+        if not row["caption"].strip():
+            skipped["empty"] += 1
+            log.warning("%s: %s has an empty description; skipped", where, key)
+            continue
+        keys.append(key)
+        labels.append(row.get("label"))
+        texts.append(row["caption"])
     if not first:
         raise DescriptionsError(f"--descriptions {path}: no rows")
     if not keys:
@@ -106,13 +104,17 @@ def embed_texts(encoder, texts: list[str], batch_size: int, progress: bool = Tru
 
 
 def run(args) -> dict:
+    from omegaconf import OmegaConf
+
     from minigpt4.gpt4image.embeddings import save_embeddings
     from minigpt4.gpt4image.text_encoder import TextEncoder
+    from minigpt4.inference import resolve_device
 
     keys, labels, texts, skipped = read_descriptions(args.descriptions)
     if args.out.exists() and args.out.is_dir():
         raise DescriptionsError(f"--out {args.out}: is a folder; give a .safetensors file name")
-    encoder = TextEncoder(args.encoder, args.kind, args.device, args.max_length)
+    device = resolve_device(args.device, OmegaConf.create())  # as the caption CLI: a bad name, CUDA without a GPU
+    encoder = TextEncoder(args.encoder, args.kind, str(device), args.max_length)
     start = time.perf_counter()
     embeddings = embed_texts(encoder, texts, args.batch_size, progress=not args.no_progress)
     seconds = time.perf_counter() - start
