@@ -61,3 +61,13 @@ def test_whole_demonstration_on_a_small_budget(tmp_path):
     assert (tmp_path / "report.html").read_text().count("<img") >= 1
     quality = report["descriptions"]["plain"]
     assert quality["images"] == 18 and 0 <= quality["exact"] <= quality["leftmost_shape_right"] <= 18
+
+
+def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for out, why in ((notes, "is a file, not a folder"), (notes / "run", f"cannot be created, {notes} is a file")):
+        code = tiny.main(["--out", str(out), "--tiny-world", str(tmp_path / "nowhere"), "--build-world"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err == [f"python -m minigpt4.gpt4image.tiny: error: --out {out}: {why}"]
+    assert notes.read_text() == "mine" and not (tmp_path / "nowhere").exists()

@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from minigpt4.common.shipped import config_file
-from minigpt4.errors import UsageError, run_cli
+from minigpt4.errors import UsageError, out_folder, run_cli
 
 log = logging.getLogger("minigpt4.gpt4image.tiny")
 
@@ -194,8 +194,9 @@ def run(out: Path, world: Path, *, seeds=(0, 1, 2), jobs: int = 2, train_per_cla
     from minigpt4.gpt4image.tiny_split import world_spec, write_split
 
     t0, c0 = time.perf_counter(), cpu_seconds()
+    out_folder(out, "--out")
     world_options = world_files(world)
-    out.mkdir(parents=True, exist_ok=True)
+    out_folder(out, "--out", create=True)
     timings = {}
     sizes = write_split(out / "data", world_spec(world), train_per_class=train_per_class,
                         test_per_class=test_per_class)
@@ -253,16 +254,16 @@ def main(argv=None) -> int:
     variants = tuple(v for v in args.variants.split(",") if v)
     if not variants or set(variants) - set(VARIANTS) or args.seeds < 1 or args.jobs < 1:
         p.error(f"--variants must name some of {list(VARIANTS)}; --seeds and --jobs must be >= 1")
-    world = args.tiny_world.resolve()
+    return run_cli(p.prog, summarize, args, args.tiny_world.resolve(), variants)
+
+
+def summarize(args, world: Path, variants: tuple) -> int:
+    out_folder(args.out, "--out")  # before the world is built (minutes)
     if args.build_world and not (world / "runs" / "stage2").is_dir():
         from minigpt4.tiny_world.pipeline import run as build_world
         from minigpt4.tiny_world.presets import PRESETS
 
         build_world(world, PRESETS["full"], nproc=2)
-    return run_cli(p.prog, summarize, args, world, variants)
-
-
-def summarize(args, world: Path, variants: tuple) -> int:
     report = run(args.out.resolve(), world, seeds=tuple(range(args.seeds)), jobs=args.jobs, variants=variants)
     for key, s in report["summary"].items():
         print(f"{key:24s} top-1 {s['mean']:.3f} ± {s['std']:.3f} (n={s['n']})")
