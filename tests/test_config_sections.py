@@ -104,3 +104,30 @@ def test_an_unreadable_image_in_memory_is_named_by_where_it_came_from():
     with pytest.raises(UnreadableImage) as exc:
         open_image(b"not a jpeg", where="shard-000.tar:s00001.jpg")
     assert str(exc.value).startswith("shard-000.tar:s00001.jpg: not a readable image") and "_io." not in str(exc.value)
+
+
+def test_table_bounds_strict_upper_bounds_and_keys_checked_together():
+    from dataclasses import dataclass
+
+    from minigpt4.common.fields import check_section, check_table, key, ranged
+
+    table = {"smoothing": ranged((int, float), ge=0, lt=1), "name": (str,)}
+    check_table("model", OmegaConf.create({"smoothing": 0.5, "name": "x"}), table)
+    with pytest.raises(ConfigError, match=r"^model.smoothing must be < 1, got 1$"):
+        check_table("model", OmegaConf.create({"smoothing": 1}), table)
+    assert isinstance(0.5, table["smoothing"])  # still the tuple of accepted types
+
+    @dataclass
+    class Crop:
+        low: float = key(0.1, "smallest", gt=0, le=1)
+        high: float = key(1.0, "largest", gt=0, le=1)
+
+        @staticmethod
+        def check_together(c):
+            return f"low {c['low']} must be <= high {c['high']}" if c["low"] > c["high"] else None
+
+    check_section("crop", {"low": 0.5}, Crop)
+    with pytest.raises(ConfigError, match=r"^crop: low 0.5 must be <= high 0.2$"):
+        check_section("crop", {"low": 0.5, "high": 0.2}, Crop)
+    with pytest.raises(ConfigError, match=r"^crop: low 0.5 must be <= high 0.2$"):
+        typed(Crop, {"high": 0.2, "low": 0.5}, "crop")

@@ -13,8 +13,11 @@ Rules applied to every value (one-line :class:`ConfigError` naming ``section.key
 - the type comes from the annotation (``Any`` fields give theirs as ``types=``); a bool is never a number, a
   whole number is accepted where a float is expected, a float is never accepted where a whole number is;
 - **quoted numbers are refused** (``init_lr: '1e-3'``): the message says to write the number without quotes;
-- numbers must be finite and inside ``gt`` / ``ge`` / ``le``; ``choices`` lists the accepted values;
+- numbers must be finite and inside ``gt`` / ``ge`` / ``lt`` / ``le``; ``choices`` lists the accepted values;
 - ``check=`` runs a key's own test (e.g. a device name); a nested dataclass is checked key by key;
+- a section's staticmethod ``check_together(values)`` tests keys against each other (``min_scale <= max_scale``)
+  on the values with every default filled in, and returns the problem (the message names the section);
+- a ``{key: types}`` table (a model class's ``CONFIG_KEYS``) gives bounds with :class:`ranged` entries;
 - keys declared ``compat="..."`` are accepted for the original's YAMLs but not read: setting one logs one
   warning saying so.
 """
@@ -37,16 +40,26 @@ NoneType = type(None)
 
 
 
-def key(default: Any, help: str, *, types: tuple | None = None, gt=None, ge=None, le=None,
+def key(default: Any, help: str, *, types: tuple | None = None, gt=None, ge=None, lt=None, le=None,
         choices: Iterable | None = None, compat: str | None = None, check: Callable | None = None):
     """A declared config key. ``compat``: why the key is accepted although nothing reads it."""
-    meta = {"help": help, "types": types, "gt": gt, "ge": ge, "le": le,
+    meta = {"help": help, "types": types, "gt": gt, "ge": ge, "lt": lt, "le": le,
             "choices": tuple(choices) if choices is not None else None, "compat": compat, "check": check}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
     if dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=type(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+class ranged(tuple):
+    """A ``{key: types}`` table entry with the bounds :func:`key` takes, e.g. ``ranged((int, float), ge=0, lt=1)``;
+    it is still the tuple of accepted types for code that reads the table."""
+
+    def __new__(cls, types: tuple, **meta):
+        entry = super().__new__(cls, types)
+        entry.meta = meta
+        return entry
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
@@ -114,7 +127,7 @@ def check_value(name: str, value, types: tuple, meta) -> None:
         if not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value!r}")
         for bound, test, text in (("gt", lambda v, b: v > b, ">"), ("ge", lambda v, b: v >= b, ">="),
-                                  ("le", lambda v, b: v <= b, "<=")):
+                                  ("lt", lambda v, b: v < b, "<"), ("le", lambda v, b: v <= b, "<=")):
             b = meta.get(bound)
             if b is not None and not test(value, b):
                 raise ConfigError(f"{name} must be {text} {b}, got {value!r}")
@@ -153,6 +166,12 @@ def check_section(section: str, cfg, cls, *, warn_compat: bool = False) -> None:
         if warn_compat and f.metadata.get("compat") and value is not None and value is not False \
                 and value != _default(f):
             log.warning("%s.%s is ignored: %s", section, name, f.metadata["compat"])
+    together = getattr(cls, "check_together", None)
+    if together is not None:
+        values = {name: plain(cfg[name]) if name in cfg else _default(f) for name, (f, _, _) in known.items()}
+        problem = together(values)
+        if problem:
+            raise ConfigError(f"{section}: {problem}")
 
 
 def check_table(section: str, cfg, table: dict[str, tuple]) -> None:
@@ -164,7 +183,7 @@ def check_table(section: str, cfg, table: dict[str, tuple]) -> None:
     for name in cfg.keys():
         if name not in table:
             raise ConfigError(f"unknown key {section}.{name}{suggest(str(name), table)}")
-        check_value(f"{section}.{name}", plain(cfg[name]), table[name], {})
+        check_value(f"{section}.{name}", plain(cfg[name]), table[name], getattr(table[name], "meta", {}))
 
 
 def typed(cls, cfg=None, section: str = "") -> DictConfig:
@@ -195,7 +214,8 @@ def describe(cls, prefix: str) -> list[tuple[str, str, str, str]]:
             continue
         default = _default(f)
         meta = f.metadata
-        rules = [f"{t} {meta[b]}" for b, t in (("gt", ">"), ("ge", ">="), ("le", "<=")) if meta.get(b) is not None]
+        rules = [f"{t} {meta[b]}" for b, t in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+                 if meta.get(b) is not None]
         if meta.get("choices"):
             rules.append("one of " + "/".join(map(str, meta["choices"])))
         help_text = meta.get("help", "")
