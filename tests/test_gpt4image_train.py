@@ -189,6 +189,40 @@ def test_missing_backbone_checkpoint_names_the_key(tmp_path, capsys):
     assert code == 2 and "model.backbone_ckpt" in line and "r50.pth does not exist" in line
 
 
+@pytest.mark.parametrize("case", ["label_smoothing", "mixup", "cutmix", "crop_scales"])
+def test_out_of_range_settings_are_refused_when_the_config_loads(tmp_path, capsys, no_model, case):
+    make_folder(tmp_path / "train", per_class=1)
+    crop = {"name": "classifier_image_train", "image_size": 32, "min_scale": 0.9, "max_scale": 0.5}
+    extra = {"label_smoothing": {"extra_model": {"label_smoothing": 1.5}},
+             "mixup": {"extra_model": {"mixup": -1}}, "cutmix": {"extra_model": {"cutmix": -0.5}},
+             "crop_scales": {"extra_data": {"vis_processor": {"train": crop}}}}[case]
+    code, line = _cli(capsys, train_config(tmp_path, tmp_path / "train", None, lam=0.0, **extra))
+    expected = {"label_smoothing": "model.label_smoothing must be < 1, got 1.5",
+                "mixup": "model.mixup must be >= 0, got -1", "cutmix": "model.cutmix must be >= 0, got -0.5",
+                "crop_scales": "datasets.gpt4image_folder.vis_processor.train: min_scale 0.9 must be <= max_scale 0.5"}
+    assert code == 2 and line.startswith(f"train.py: error: {expected[case]}"), line
+
+
+def test_a_backbone_kwarg_timm_does_not_take_is_one_line_and_a_bug_keeps_its_traceback(tmp_path, capsys,
+                                                                                        monkeypatch):
+    keys = make_folder(tmp_path / "train", per_class=1)
+    write_embeddings(tmp_path / "e.safetensors", keys)
+    cfg = train_config(tmp_path, tmp_path / "train", tmp_path / "e.safetensors",
+                       extra_model={"backbone_kwargs": {**SMALL_CNN, "nope": 1}})
+    code, line = _cli(capsys, cfg)
+    assert code == 2 and line.startswith("train.py: error: model.backbone_kwargs.nope: timm's 'resnet10t' takes "
+                                         "no argument 'nope'"), line
+    with pytest.raises(ConfigError, match=r"^model.img_size \(or model.backbone_kwargs.img_size\): timm's"):
+        GPT4ImageClassifier("resnet10t", 3, lam=0.0, backbone_kwargs={"img_size": 32})
+
+    def bug(*args, **kwargs):
+        raise TypeError("helper() got an unexpected keyword argument 'inner'")
+
+    monkeypatch.setattr(timm, "create_model", bug)
+    with pytest.raises(TypeError, match="'inner'"):
+        GPT4ImageClassifier("resnet10t", 3, lam=0.0, backbone_kwargs=SMALL_CNN)
+
+
 def test_backbone_checkpoint_from_a_local_file_with_another_class_count(tmp_path):
     src = timm.create_model("resnet10t", num_classes=10, **SMALL_CNN)
     save_file(src.state_dict(), str(tmp_path / "init.safetensors"))

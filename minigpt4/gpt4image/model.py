@@ -14,12 +14,14 @@ method's public recipe does.
 from __future__ import annotations
 
 import logging
+import re
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
 from minigpt4.common import dist as D
+from minigpt4.common.fields import check_table
 from minigpt4.common.registry import registry
 from minigpt4.errors import ConfigError
 from minigpt4.gpt4image import losses
@@ -27,6 +29,7 @@ from minigpt4.gpt4image.heads import build_head, resolve_head_type
 from minigpt4.gpt4image.weights import CONFIG_KEYS, load_backbone_weights, load_full_state
 
 log = logging.getLogger(__name__)
+TIMM_KEYS = ("img_size", "drop_path_rate", "drop_rate")  # model keys passed on to timm.create_model
 
 
 @registry.register_model("gpt4image_classifier")
@@ -52,6 +55,14 @@ class GPT4ImageClassifier(nn.Module):
             if "Unknown model" in str(e):
                 raise ConfigError(f"model.backbone: {e}") from None
             raise
+        except TypeError as e:  # only a keyword given here that the timm class does not take is the config's
+            bad = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+            if bad is None or bad.group(1) not in self.backbone_kwargs:
+                raise
+            name = bad.group(1)
+            where = f"model.{name} (or model.backbone_kwargs.{name})" if name in TIMM_KEYS else \
+                f"model.backbone_kwargs.{name}"
+            raise ConfigError(f"{where}: timm's {backbone_name!r} takes no argument {name!r} ({e})") from None
         self.num_classes, self.class_names = int(num_classes), list(class_names or [])
         self.lam, self.align_kind, self.tau = float(lam), align_loss, float(tau)
         self.text_dim = text_dim
@@ -72,6 +83,8 @@ class GPT4ImageClassifier(nn.Module):
                     class_names=None) -> "GPT4ImageClassifier":
         """``num_classes`` / ``text_dim`` / ``class_names`` come from the data (the task passes them); a config
         value that disagrees with the data is an error naming the key."""
+        if OmegaConf.is_config(cfg):
+            check_table("model", cfg, CONFIG_KEYS)  # ranges too, for a section that did not come through Config
         get = cfg.get
         for key, found in (("num_classes", num_classes), ("text_dim", text_dim)):
             if get(key) is not None and found is not None and int(get(key)) != int(found):
@@ -82,7 +95,7 @@ class GPT4ImageClassifier(nn.Module):
         text_dim = text_dim or get("text_dim")
         raw = get("backbone_kwargs") or {}
         kwargs = OmegaConf.to_container(raw) if OmegaConf.is_config(raw) else dict(raw)
-        for key in ("img_size", "drop_path_rate", "drop_rate"):
+        for key in TIMM_KEYS:
             if get(key) is not None:
                 kwargs[key] = get(key)
         model = cls(get("backbone"), int(num_classes), text_dim=text_dim, head_type=get("head_type", "auto"),

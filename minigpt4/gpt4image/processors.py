@@ -28,6 +28,13 @@ class ClassifierImageTrainProcessor(_ImageProcessor):
         mean: list = key(list(IMAGENET_MEAN), "per-channel mean", check=rgb_triple)
         std: list = key(list(IMAGENET_STD), "per-channel std", check=rgb_triple)
 
+        @staticmethod
+        def check_together(c: dict) -> str | None:
+            if c["min_scale"] > c["max_scale"]:
+                return (f"min_scale {c['min_scale']} must be <= max_scale {c['max_scale']} (the range of the "
+                        "random crop's area fraction)")
+            return None
+
     def __init__(self, image_size=224, min_scale=0.08, max_scale=1.0, hflip=0.5, mean=IMAGENET_MEAN,
                  std=IMAGENET_STD):
         steps = [transforms.RandomResizedCrop(image_size, scale=(min_scale, max_scale),

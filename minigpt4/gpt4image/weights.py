@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from minigpt4.common.fields import ranged
 from minigpt4.errors import MissingFile, UsageError
 from minigpt4.models.checkpoint import (CheckpointError, load_safetensors, load_torch, read_trainable,
                                        require_file)
@@ -22,26 +23,27 @@ from minigpt4.models.checkpoint import (CheckpointError, load_safetensors, load_
 log = logging.getLogger(__name__)
 
 OPT_STR, OPT_INT, NUM = (str, type(None)), (int, type(None)), (int, float)
-CONFIG_KEYS: dict[str, tuple] = {
+OPT_NUM = (int, float, type(None))
+CONFIG_KEYS: dict[str, tuple] = {  # checked when the config loads (fields.check_table), bounds included
     "arch": (str,),
     "model_type": OPT_STR,
     "backbone": (str,),              # any timm model name: resnet50, deit_base_patch16_224, convnext_tiny ...
     "backbone_ckpt": OPT_STR,        # local initial weights (timm/torchvision state dict); null = random init
     "backbone_kwargs": (dict, type(None)),  # extra timm.create_model kwargs (e.g. embed_dim, depth)
-    "img_size": OPT_INT,             # passed to timm (ViTs)
-    "drop_path_rate": (int, float, type(None)),
-    "drop_rate": (int, float, type(None)),
-    "num_classes": OPT_INT,          # default: the number of class folders
-    "text_dim": OPT_INT,             # default: the embedding file's dimension
+    "img_size": ranged(OPT_INT, ge=1),  # passed to timm (ViTs)
+    "drop_path_rate": ranged(OPT_NUM, ge=0, lt=1),
+    "drop_rate": ranged(OPT_NUM, ge=0, lt=1),
+    "num_classes": ranged(OPT_INT, ge=1),  # default: the number of class folders
+    "text_dim": ranged(OPT_INT, ge=1),     # default: the embedding file's dimension
     "head_type": (str,),             # auto | bn | mlp | linear
-    "lambda": NUM,                   # weight of the alignment loss; 0 = plain cross-entropy baseline
+    "lambda": ranged(NUM, ge=0),     # weight of the alignment loss; 0 = plain cross-entropy baseline
     "align_loss": (str,),            # clip | ctr | byol
-    "tau": NUM,                      # fixed temperature (0.2 CNNs, 0.05 ViTs in the recipes)
-    "label_smoothing": NUM,
-    "mixup": NUM,
-    "cutmix": NUM,
-    "mixup_prob": NUM,
-    "mixup_switch_prob": NUM,
+    "tau": ranged(NUM, gt=0),        # fixed temperature (0.2 CNNs, 0.05 ViTs in the recipes)
+    "label_smoothing": ranged(NUM, ge=0, lt=1),
+    "mixup": ranged(NUM, ge=0),      # Beta(alpha, alpha) of timm Mixup; 0 = off
+    "cutmix": ranged(NUM, ge=0),
+    "mixup_prob": ranged(NUM, ge=0, le=1),
+    "mixup_switch_prob": ranged(NUM, ge=0, le=1),
     "device": OPT_STR,
 }
 
