@@ -30,16 +30,11 @@ from pathlib import Path
 
 import torch
 
+from cli_args import default_tiny_world, positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "caption_continuous.json"
 SETTINGS = [("static", 1), ("static", 8), ("static", 16), ("continuous", 1), ("continuous", 8), ("continuous", 16)]
-
-
-def default_tiny_world() -> Path:
-    """``$MINIGPT4_TINY_WORLD``, else the tiny configs' own lookup (./tiny_world, then the repository's)."""
-    from minigpt4.common.tiny_world_paths import tiny_world_dir
-
-    return Path(os.environ.get("MINIGPT4_TINY_WORLD") or tiny_world_dir())
 
 
 class _Rows:
@@ -144,15 +139,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="24 images, one round")
     p.add_argument("--tiny-world", type=Path, default=None,
                    help="a built tiny world (default: $MINIGPT4_TINY_WORLD, else ./tiny_world, else the repository's)")
-    p.add_argument("--images", type=int, default=None, help="held-out images per setting (default 64, quick 24)")
-    p.add_argument("--rounds", type=int, default=None, help="alternating rounds (default 3, quick 1)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--images", type=positive_int, default=None,
+                   help="held-out images per setting (default 64, quick 24)")
+    p.add_argument("--rounds", type=positive_int, default=None, help="alternating rounds (default 3, quick 1)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    for name in ("images", "rounds", "max_new_tokens"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     result = run(args.quick, tiny_world=args.tiny_world, images=args.images, rounds=args.rounds,
                  max_new_tokens=args.max_new_tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)

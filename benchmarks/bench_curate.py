@@ -8,7 +8,7 @@ Fixer: ``--rows`` paragraphs through the ``openai`` fixer at concurrency 1, 4 an
 server (``minigpt4/testing/openai_server.py``) answering each request after ``--latency`` seconds; reports rows/s
 and the speed-up over concurrency 1 (a remote API's latency dominates, so the limit sets the throughput).
 Tiny world: ``python -m minigpt4.curate`` stages through the Python API with the ``rules`` fixer on N random
-training images, seconds per stage and the summary. Writes ``benchmarks/results/curate.json``.
+training images, seconds per stage and the summary. Writes ``benchmarks/results/curate.json`` (``--out``).
 """
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+
+from cli_args import built_tiny_world, non_negative_float, positive_int, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "curate.json"
@@ -81,22 +83,24 @@ def bench_tiny_world(world: Path, num_images: int) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=32)
-    parser.add_argument("--latency", type=float, default=0.2)
-    parser.add_argument("--tiny-world", type=Path, default=None)
-    parser.add_argument("--num-images", type=int, default=200)
-    args = parser.parse_args()
+    parser.add_argument("--rows", type=positive_int, default=32, help="paragraphs through the fixer")
+    parser.add_argument("--latency", type=non_negative_float, default=0.2, help="the server's seconds per answer")
+    parser.add_argument("--tiny-world", type=built_tiny_world, default=None, metavar="DIR",
+                        help="a built tiny world: also time a whole curation run on its stage-1 model")
+    parser.add_argument("--num-images", type=positive_int, default=200)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
     result = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                           "load_average_1min": round(os.getloadavg()[0], 2)},
               "fixer": bench_fixer(args.rows, args.latency)}
     if args.tiny_world is not None:
         result["tiny_world"] = bench_tiny_world(args.tiny_world, args.num_images)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(Path(__file__).name, main))

@@ -1,7 +1,7 @@
 """GPT4Image steps 1 and 2: images described per second by one rank at batch 1 vs batch 8, and
 descriptions embedded per second with the bundled all-MiniLM-L6-v2.
 
-    python benchmarks/bench_describe.py                        # tiny-world stage-2 model if built, else the fixture
+    python benchmarks/bench_describe.py                        # a built default tiny world, else the fixture
     python benchmarks/bench_describe.py --tiny-world tiny_world --images 48 --rounds 3
 
 Describing runs what one rank of ``python -m minigpt4.caption --labels dirs --prompt "... {label} ..."`` runs
@@ -9,7 +9,7 @@ after the model is loaded: reading and preprocessing each image file, batched gr
 class-conditioned prompt per image, and the fsynced JSONL part file. Embedding runs the text encoder of
 ``python -m minigpt4.gpt4image.embed`` over the descriptions (length-sorted batches). Each setting runs in
 alternating rounds in one process with 1 torch thread (one rank = one core); medians are reported. The
-machine is shared, so compare the ratios. Writes ``benchmarks/results/describe.json``.
+machine is shared, so compare the ratios. Writes ``benchmarks/results/describe.json`` (``--out``).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from argparse import Namespace
@@ -25,16 +26,27 @@ from pathlib import Path
 
 import torch
 
+from cli_args import built_tiny_world, default_tiny_world, is_built_tiny_world, not_built, positive_int, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
+PROG = Path(__file__).name
 RESULTS = ROOT / "benchmarks" / "results" / "describe.json"
 SHAPES = ["circle", "square", "triangle"]
 
 
 def load_describer(tiny_world: Path | None):
-    """(name, cfg, model, vis_processor) of the tiny world's stage-2 model, else the golden fixture."""
+    """(name, cfg, model, vis_processor) of the stage-2 model of ``tiny_world`` (a built one, checked by the
+    argument parser); with none given, of the default tiny world if it is built, else the golden fixture."""
     from minigpt4 import inference
 
-    if tiny_world is not None and (tiny_world / "report.json").exists():
+    if tiny_world is None:
+        default = default_tiny_world()
+        if is_built_tiny_world(default):
+            tiny_world = default
+        else:
+            print(f"{PROG}: no built tiny world at {default}; describing with the golden-fixture micro model",
+                  file=sys.stderr, flush=True)
+    if tiny_world is not None:
         from minigpt4.testing.tiny_world import load_stage2
 
         cfg, model, vis = load_stage2(tiny_world)
@@ -45,7 +57,7 @@ def load_describer(tiny_world: Path | None):
     args = Namespace(cfg_path=str(write_config(folder)), options=[], device="cpu", low_resource=False,
                      load_in_4bit=False, device_map=None)
     cfg, model, vis, _ = inference.load_model(args)
-    return "golden fixture", cfg, model, vis
+    return f"golden fixture (no built tiny world at {default})", cfg, model, vis
 
 
 def make_class_folder(root: Path, n: int, size: int) -> None:
@@ -94,12 +106,19 @@ def describe_round(model, vis, cfg, items, batch_size: int, max_new_tokens: int,
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tiny-world", type=Path, default=Path("tiny_world"))
-    p.add_argument("--images", type=int, default=32)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--texts", type=int, default=128, help="short descriptions embedded per round at batch 64")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--tiny-world", type=built_tiny_world, default=None, metavar="DIR",
+                   help="a built tiny world (default: $MINIGPT4_TINY_WORLD, else ./tiny_world, else the "
+                        "repository's; if none of them is built, the golden-fixture micro model)")
+    p.add_argument("--images", type=positive_int, default=32)
+    p.add_argument("--max-new-tokens", type=positive_int, default=48)
+    p.add_argument("--texts", type=positive_int, default=128,
+                   help="short descriptions embedded per round at batch 64")
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    asked = os.environ.get("MINIGPT4_TINY_WORLD")
+    if args.tiny_world is None and asked and not is_built_tiny_world(asked):
+        p.error(f"$MINIGPT4_TINY_WORLD: {not_built(asked)}")
     torch.set_num_threads(1)
 
     from minigpt4.gpt4image.embed import embed_texts
@@ -152,11 +171,11 @@ def main(argv=None) -> int:
         "machine": {"cpus": os.cpu_count(), "load_average": [round(x, 1) for x in os.getloadavg()],
                     "platform": platform.platform(), "torch": torch.__version__},
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(PROG, main))

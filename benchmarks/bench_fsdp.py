@@ -20,8 +20,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from cli_args import positive_int, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "minigpt4_tiny"
+HEAD_DIM = 64  # --hidden / 64 attention heads
 
 
 def status_mb(key: str) -> float:
@@ -41,7 +44,7 @@ def write_llm(folder: Path, hidden: int, layers: int, vocab: int) -> Path:
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 8 // 3 // 64 * 64, num_hidden_layers=layers,
-                      num_attention_heads=hidden // 64, vocab_size=vocab, max_position_embeddings=512,
+                      num_attention_heads=hidden // HEAD_DIM, vocab_size=vocab, max_position_embeddings=512,
                       tie_word_embeddings=False)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     for f in (FIXTURE / "llm").iterdir():
@@ -135,11 +138,12 @@ def launch(mode: str, llm: Path, tmp: Path, steps: int) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--hidden", type=int, default=768)
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--vocab", type=int, default=32000)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=positive_int, default=3)
+    ap.add_argument("--hidden", type=positive_int, default=768, help=f"a multiple of {HEAD_DIM}")
+    ap.add_argument("--layers", type=positive_int, default=6)
+    ap.add_argument("--vocab", type=positive_int, default=32000,
+                    help="at least the fixture tokenizer's vocabulary (its model's vocab_size)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/fsdp.json"))
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--parallel", help=argparse.SUPPRESS)
@@ -149,6 +153,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
+    if args.hidden % HEAD_DIM:
+        ap.error(f"argument --hidden: must be a multiple of {HEAD_DIM}, got {args.hidden}")
+    least = json.loads((FIXTURE / "llm" / "config.json").read_text())["vocab_size"]
+    if args.vocab < least:
+        ap.error(f"argument --vocab: must be at least {least} (the fixture tokenizer's vocabulary), got {args.vocab}")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         llm = write_llm(tmp / "llm", args.hidden, args.layers, args.vocab)
@@ -171,4 +180,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(Path(__file__).name, main))

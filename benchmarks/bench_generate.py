@@ -25,11 +25,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
 
+from cli_args import positive_int, run_cli
 from minigpt4 import inference
 from minigpt4.conversation import Chat, training_conversation
 from minigpt4.models import MiniGPT4
 
 ROOT = Path(__file__).resolve().parents[1]
+PROG = Path(__file__).name
 RESULTS = ROOT / "benchmarks" / "results" / "generate.json"
 
 
@@ -95,14 +97,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg-path", default=None, help="default: the golden-fixture micro model")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--options", nargs="+", default=[])
-    parser.add_argument("--images", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--chat-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--options", nargs="+", default=[], help="overrides of --cfg-path's config (key=value)")
+    parser.add_argument("--images", type=positive_int, default=32)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=32)
+    parser.add_argument("--chat-tokens", type=positive_int, default=128)
+    parser.add_argument("--repeats", type=positive_int, default=5)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if args.options and not args.cfg_path:
+        parser.error("--options needs --cfg-path (the golden-fixture micro model takes no overrides)")
     args.low_resource = args.load_in_4bit = False
     args.device_map = None
     torch.set_num_threads(args.threads)
@@ -167,4 +171,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(PROG, main))

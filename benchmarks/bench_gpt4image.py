@@ -18,10 +18,13 @@ from pathlib import Path
 
 import torch
 
+from cli_args import int_at_least, positive_int, run_cli
 from minigpt4.gpt4image.model import GPT4ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
+PROG = Path(__file__).name
 TEXT_DIM = 384  # all-MiniLM-L6-v2, the offline default encoder
+MIN_IMAGE_SIZE = 64  # the backbones downsample by up to 32 (a ViT patch, a ResNet's last stage): 2x2 left
 
 
 def build(backbone: str, lam: float, image_size: int) -> GPT4ImageClassifier:
@@ -49,13 +52,16 @@ def timed(step, steps: int) -> tuple[float, float]:
     return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 
 
-def bench(backbone: str, batch_size: int, image_size: int, rounds: int, steps: int) -> dict:
+def variants(backbone: str, image_size: int) -> dict[str, GPT4ImageClassifier]:
+    return {"baseline": build(backbone, 0.0, image_size), "aligned": build(backbone, 0.3, image_size)}
+
+
+def bench(backbone: str, models: dict, batch_size: int, image_size: int, rounds: int, steps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.randn(batch_size, 3, image_size, image_size, generator=g),
              "label": torch.randint(0, 100, (batch_size,), generator=g),
              "text_embedding": torch.nn.functional.normalize(torch.randn(batch_size, TEXT_DIM, generator=g), dim=1)}
-    steps_of = {"baseline": step_fn(build(backbone, 0.0, image_size), batch),
-                "aligned": step_fn(build(backbone, 0.3, image_size), batch)}
+    steps_of = {name: step_fn(model, batch) for name, model in models.items()}
     for step in steps_of.values():
         step()  # warm-up
     wall, cpu = {name: [] for name in steps_of}, {name: [] for name in steps_of}
@@ -78,15 +84,17 @@ def bench(backbone: str, batch_size: int, image_size: int, rounds: int, steps: i
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backbones", default="resnet18,vit_tiny_patch16_224")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=112)
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int_at_least(2), default=32, help="images per step (batch norm needs 2)")
+    p.add_argument("--image-size", type=int_at_least(MIN_IMAGE_SIZE), default=112)
+    p.add_argument("--rounds", type=positive_int, default=5)
+    p.add_argument("--steps", type=positive_int, default=3)
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpt4image.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    results = [bench(b, args.batch, args.image_size, args.rounds, args.steps) for b in args.backbones.split(",")]
+    # every backbone is built before any is timed: an unknown name is refused at once
+    models = {b: variants(b, args.image_size) for b in args.backbones.split(",")}
+    results = [bench(b, m, args.batch, args.image_size, args.rounds, args.steps) for b, m in models.items()]
     for r in results:
         print(f"{r['backbone']:24s} baseline {r['baseline_images_per_s']:7.1f} img/s  aligned "
               f"{r['aligned_images_per_s']:7.1f} img/s  wall ratio {r['aligned_step_time_ratio']:.3f}  "
@@ -100,4 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(PROG, main))

@@ -31,6 +31,7 @@ import webdataset as wds
 from PIL import Image, ImageDraw
 
 import minigpt4  # noqa: F401  (registers the builders)
+from cli_args import non_negative_int, positive_int, run_cli
 from minigpt4.common.registry import registry
 from minigpt4.datasets import build_train_loader
 
@@ -91,12 +92,12 @@ def measure(dataset, num_workers: int, batch_size: int, batches: int, seed: int)
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--images", type=int, default=400)
-    parser.add_argument("--per-shard", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--batches", type=int, default=60, help="timed batches per round")
-    parser.add_argument("--repeats", type=int, default=3, help="rounds per setting")
-    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--images", type=positive_int, default=400)
+    parser.add_argument("--per-shard", type=positive_int, default=100)
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--batches", type=positive_int, default=60, help="timed batches per round")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="rounds per setting")
+    parser.add_argument("--workers", type=non_negative_int, nargs="+", default=[0, 2])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -138,4 +139,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(Path(__file__).name, main))

@@ -27,6 +27,8 @@ from pathlib import Path
 import httpx
 import openai
 
+from cli_args import is_built_tiny_world, not_built, positive_float, positive_int, run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 QUESTION = "Describe this image in detail."
 
@@ -38,14 +40,21 @@ def parse_args(argv=None):
     p.add_argument("--cfg-path", default=None, help="another eval config instead of the tiny world's")
     p.add_argument("--options", nargs="*", default=[], help="config overrides passed to the server")
     p.add_argument("--images", default=None, help="folder of images to ask about (default: the tiny world's eval set)")
-    p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--duration", type=float, default=15.0, help="seconds of load per run")
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds; the median round is reported")
-    p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--batch-size", type=int, default=16, help="--max-batch-size of the batching server")
-    p.add_argument("--threads", type=int, default=1, help="torch threads of the server")
+    p.add_argument("--clients", type=positive_int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--duration", type=positive_float, default=15.0, help="seconds of load per run")
+    p.add_argument("--rounds", type=positive_int, default=3, help="alternating rounds; the median round is reported")
+    p.add_argument("--max-tokens", type=positive_int, default=48)
+    p.add_argument("--batch-size", type=positive_int, default=16, help="--max-batch-size of the batching server")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads of the server")
     p.add_argument("--out", default=str(ROOT / "benchmarks/results/serve.json"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # the tiny world gives the model (without --cfg-path) and the images (without --images)
+    missing = [flag for flag, given in (("--cfg-path", args.cfg_path), ("--images", args.images)) if not given]
+    if missing and not is_built_tiny_world(args.tiny_world):
+        p.error(f"argument --tiny-world: {not_built(args.tiny_world)} (or pass {' and '.join(missing)})")
+    if args.images and not Path(args.images).is_dir():
+        p.error(f"argument --images: {args.images} is not a folder")
+    return args
 
 
 def free_port() -> int:
@@ -57,10 +66,7 @@ def free_port() -> int:
 def model_args(args) -> list[str]:
     if args.cfg_path:
         return ["--cfg-path", args.cfg_path] + (["--options", *args.options] if args.options else [])
-    tw = Path(args.tiny_world)
-    if not (tw / "report.json").exists():
-        sys.exit(f"bench_serve: {tw} is not a built tiny world (no report.json); build it with "
-                 "python -m minigpt4.tiny_world or pass --cfg-path")
+    tw = Path(args.tiny_world)  # a built one (parse_args)
     sys.path.insert(0, str(ROOT))
     from minigpt4.tiny_world.pipeline import latest_checkpoint, model_paths
 
@@ -269,4 +275,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(Path(__file__).name, main))

@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from cli_args import positive_int  # noqa: E402
 
 TOKENIZER = ROOT / "tests/fixtures/minigpt4_tiny/llm"
 BATCH = 8
@@ -227,17 +228,14 @@ def progress(text: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/throughput.json"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per configuration and round")
+    ap.add_argument("--threads", type=positive_int, default=2)
+    ap.add_argument("--rounds", type=positive_int, default=5)
+    ap.add_argument("--steps", type=positive_int, default=6, help="timed steps per configuration and round")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 steps (a smoke run, not for figures)")
     ap.add_argument("--tiny-world", type=Path, default=None,
                     help="a built tiny world for the captioning figures (default: $MINIGPT4_TINY_WORLD, else "
                          "./tiny_world, else the repository's)")
     args = ap.parse_args()
-    for name in ("threads", "rounds", "steps"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be at least 1, got {getattr(args, name)}")
     if args.quick:
         args.rounds, args.steps = 1, 2
     torch.set_num_threads(args.threads)

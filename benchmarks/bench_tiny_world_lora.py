@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from cli_args import built_tiny_world, positive_int, run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "tiny_world_lora.json"
 FIGURES = ("attribute_accuracy", "malformed_rate", "description_accuracy", "description_per_attribute")
@@ -47,18 +49,34 @@ def evaluate(cfg_path: Path, world: Path, ckpt: str | None, limit: int) -> dict:
     return figures
 
 
+def check_checkpoints(args) -> None:
+    """Read the given checkpoints before either model is evaluated: a missing, truncated or foreign file is the
+    library's one-line user error naming the flag."""
+    from minigpt4.errors import MissingFile
+    from minigpt4.models.weight_files import read_state
+
+    for flag, path in (("--lora-ckpt", args.lora_ckpt), ("--proj-ckpt", args.proj_ckpt)):
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise MissingFile(f"{flag} {path}: no such file")
+        read_state(Path(path), flag)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny-world", type=Path, default=Path("tiny_world"), help="the tiny world folder")
+    p.add_argument("--tiny-world", type=built_tiny_world, default="tiny_world", metavar="DIR",
+                   help="the built tiny world folder (default: tiny_world)")
     p.add_argument("--lora-ckpt", required=True, help="the LoRA stage-2 checkpoint to evaluate")
     p.add_argument("--proj-ckpt", default=None,
                    help="the projection-only stage-2 checkpoint (default: tiny_eval.yaml's, the last epoch); "
                         "give the same epoch as --lora-ckpt to compare equal training")
-    p.add_argument("--images", type=int, default=200, help="held-out images (default: 200, all)")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--images", type=positive_int, default=200, help="held-out images (default: 200, all)")
+    p.add_argument("--threads", type=positive_int, default=2)
     args = p.parse_args(argv)
     import torch
 
+    check_checkpoints(args)
     torch.set_num_threads(args.threads)
     out = {"projection_only": evaluate(ROOT / "eval_configs" / "tiny_eval.yaml", args.tiny_world, args.proj_ckpt,
                                        args.images),
@@ -75,4 +93,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(Path(__file__).name, main))

@@ -18,6 +18,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
+from cli_args import positive_int, run_cli
 from minigpt4.models import MiniGPT4
 from minigpt4.testing.golden import FIXTURES, inputs, model_cfg
 
@@ -48,10 +49,10 @@ def measure(step, steps: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=positive_int, default=4)
+    ap.add_argument("--steps", type=positive_int, default=10)
+    ap.add_argument("--threads", type=positive_int, default=torch.get_num_threads())
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/train_step.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(run_cli(Path(__file__).name, main))
