@@ -10,8 +10,8 @@ fixture's tokenizer writes the captions), fp32 on CPU, 2 threads, batch 8, stage
 long alt-texts (half of 4-8 tokens, a quarter of 12-20, a quarter cut at 32), read through the library's
 training loader (``num_workers`` 0) with ``blip2_image_eval``, so "from pixels" includes JPEG decoding and
 resizing. Packing runs as one row of all tokens (``packing``) and in rows of 128 tokens (``packing_rows``,
-``model.sequence_packing_row_tokens``). Every configuration trains on the same batches; the configurations are run alternately
-(ABAB...) for ``--rounds`` rounds and their median samples/s compared as ratios.
+``model.sequence_packing_row_tokens``). Every configuration trains on the same batches; the configurations are
+run alternately (ABAB...) for ``--rounds`` rounds and their median samples/s compared as ratios.
 """
 from __future__ import annotations
 

@@ -160,8 +160,8 @@ def check_settings(out: Path, has_rows: bool, settings: dict, write: bool) -> No
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed:
             raise UsageError(f"--out {out} holds captions made with other settings (different: "
-                             f"{', '.join(changed)}; see {path.name}); use another --out, or delete {out.name} and {path.name} to "
-                             f"caption again")
+                             f"{', '.join(changed)}; see {path.name}); use another --out, or delete {out.name} and "
+                             f"{path.name} to caption again")
         return
     if write:
         tmp = path.with_name(path.name + ".tmp")

@@ -90,9 +90,9 @@ def test_train_cli_boundary_subprocess(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("option,says", [("run.job_id=../../escape", "run.job_id: '../../escape' must be a plain folder"),
-                                         ("run.job_id=a/b", "run.job_id"),
-                                         ("model.lora_target_modules=[]", "model.lora_target_modules: [] must be")])
+@pytest.mark.parametrize("option,says", [
+    ("run.job_id=../../escape", "run.job_id: '../../escape' must be a plain folder"), ("run.job_id=a/b", "run.job_id"),
+    ("model.lora_target_modules=[]", "model.lora_target_modules: [] must be")])
 def test_job_id_and_lora_modules_that_cannot_work(option, says):
     with pytest.raises(ConfigError, match=re.escape(says)):
         Config.load(options=["model.arch=minigpt4", "model.llama_model=x", option])

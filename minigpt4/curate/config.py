@@ -2,7 +2,8 @@
 
 A curation YAML holds one ``curate:`` mapping; every key below has a default, so a config names only
 what it changes. An unknown key (a typo), a wrong type or a number out of its range is a one-line
-:class:`CurateError` naming it (a typo with the closest known key suggested). The stage-1 model itself comes from the usual model config (``--cfg-path``).
+:class:`CurateError` naming it (a typo with the closest known key suggested). The stage-1 model itself
+comes from the usual model config (``--cfg-path``).
 """
 from __future__ import annotations
 

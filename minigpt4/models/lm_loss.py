@@ -49,7 +49,8 @@ def pack_rows(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, targets
     Rows must be right-padded (attention ones then zeros), as the training layout is. ``row_tokens`` 0
     gives one row of ``T = attention_mask.sum()`` tokens; ``N > 0`` fills rows of at most
     ``max(N, longest)`` tokens first-fit-decreasing, all as wide as the fullest one; a shorter row's tail
-    is zero embeddings with their own restarting positions and ignored targets. Returns ``(embeds [R, W, H], position_ids [R, W], targets [R, W])``.
+    is zero embeddings with their own restarting positions and ignored targets.
+    Returns ``(embeds [R, W, H], position_ids [R, W], targets [R, W])``.
     """
     keep = attention_mask.bool()
     lengths = keep.sum(1)
