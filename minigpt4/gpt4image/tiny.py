@@ -194,7 +194,6 @@ def run(out: Path, world: Path, *, seeds=(0, 1, 2), jobs: int = 2, train_per_cla
     from minigpt4.gpt4image.tiny_split import world_spec, write_split
 
     t0, c0 = time.perf_counter(), cpu_seconds()
-    out_folder(out, "--out")
     world_options = world_files(world)
     out_folder(out, "--out", create=True)
     timings = {}

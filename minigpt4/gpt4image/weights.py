@@ -102,6 +102,13 @@ def export_classifier(checkpoint, out) -> Path:
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise MissingFile(f"--checkpoint {checkpoint}: no such file (a checkpoint_*.safetensors of train.py)")
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; name the classifier file, e.g. {out / 'model.safetensors'}")
+    if out.resolve().parent == checkpoint.resolve().parent and (out.name.startswith("checkpoint_")
+                                                                  or out.name == "resume.pt"):
+        raise UsageError(f"--out {out}: is a file of the training run itself ({checkpoint.parent}); "
+                         "write the classifier elsewhere")
     state, meta = read_trainable(checkpoint)
     if meta.get("arch") != "gpt4image_classifier":
         raise CheckpointError(f"--checkpoint {checkpoint}: not a gpt4image_classifier checkpoint (its JSON sidecar "
@@ -110,13 +117,6 @@ def export_classifier(checkpoint, out) -> Path:
     fresh = timm.create_model(meta["backbone"], pretrained=False, num_classes=meta["num_classes"],
                               **meta.get("backbone_kwargs", {}))
     fresh.load_state_dict(backbone, strict=True)
-    out = Path(out)
-    if out.is_dir():
-        raise UsageError(f"--out {out}: is a folder; name the classifier file, e.g. {out / 'model.safetensors'}")
-    if out.resolve().parent == checkpoint.resolve().parent and (out.name.startswith("checkpoint_")
-                                                                  or out.name == "resume.pt"):
-        raise UsageError(f"--out {out}: is a file of the training run itself ({checkpoint.parent}); "
-                         "write the classifier elsewhere")
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"backbone": meta["backbone"], "num_classes": str(meta["num_classes"]),
             "class_names": json.dumps(meta.get("class_names", [])),
