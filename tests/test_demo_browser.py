@@ -159,15 +159,34 @@ class Page:
         raise AssertionError(f"timed out waiting for {what}; page says:\n"
                              f"{self.find('body').get_attribute('innerText')[-2000:]}")
 
+    def choose_file(self, path: Path):
+        """Hand ``path`` to the image box's file input, finding it afresh if Gradio re-rendered it meanwhile."""
+        def send():
+            self.find("#image input[type=file]").send_keys(str(path))
+            return True
+
+        self.wait_for(send, f"the image box to take {path.name}", timeout=30)
+
+    def click(self, css: str):
+        def press():  # a stale element raises before the click happens, so trying again clicks once
+            self.find(css).click()
+            return True
+
+        self.wait_for(press, f"{css} to take a click", timeout=30)
+
     def upload(self, path: Path, count: int):
-        self.find("#image input[type=file]").send_keys(str(path))
+        self.choose_file(path)
         self.wait_for(lambda: self.find("#image img"), "the image preview")
-        self.find("#upload").click()
+        self.click("#upload")
         self.wait_for(lambda: f"[image {count} uploaded]" in self.texts("user"), "the upload to register")
         self.wait_for(lambda: self.find("#user textarea").is_enabled(), "the User box to be enabled")
 
     def ask(self, question: str):
-        self.find("#user textarea").send_keys(question + "\n")
+        def send():  # a stale element raises before any key is typed, so trying again types it once
+            self.find("#user textarea").send_keys(question + "\n")
+            return True
+
+        self.wait_for(send, "the User box to take the question", timeout=30)
 
     def wait_answer(self, number: int, expected: str) -> str:
         self.wait_for(lambda: len(self.texts("bot")) >= number
@@ -209,9 +228,9 @@ def test_upload_ask_and_read_the_streamed_answer(pages, expected, tmp_path):
     assert not page.find("#user textarea").is_enabled()  # disabled until an image is uploaded
     not_an_image = tmp_path / "holiday.png"
     not_an_image.write_text("these are words, not pixels")
-    page.find("#image input[type=file]").send_keys(str(not_an_image))
+    page.choose_file(not_an_image)
     time.sleep(1)
-    page.find("#upload").click()
+    page.click("#upload")
     page.wait_for(lambda: "not an image I can read" in page.find("body").get_attribute("innerText"),
                   "the warning about a non-image file")
     assert not page.find("#user textarea").is_enabled() and page.texts("user") == []
@@ -266,25 +285,25 @@ def test_restart_mid_answer_then_bad_uploads_get_a_notice(pages, expected, tmp_p
     page = pages()
     page.upload(IMAGES[0], 1)
     page.ask("What is in this picture?")
-    page.find("#restart").click()  # while the answer streams
+    page.click("#restart")  # while the answer streams
     page.wait_for(lambda: page.texts("user") == [] and not page.find("#user textarea").is_enabled(), "the restart")
     time.sleep(2)  # what is left of the old stream must not bring the old conversation back
     assert page.texts("user") == [] and page.texts("bot") == []
 
     not_an_image = tmp_path / "holiday.png"
     not_an_image.write_text("these are words, not pixels")
-    page.find("#image input[type=file]").send_keys(str(not_an_image))
+    page.choose_file(not_an_image)
     time.sleep(1)
-    page.find("#upload").click()
+    page.click("#upload")
     _notice(page, "This file is not an image I can read", "the notice about holiday.png after Restart")
     assert page.texts("user") == [] and not page.find("#user textarea").is_enabled()
 
-    page.find("#restart").click()
+    page.click("#restart")
     notes = tmp_path / "notes.txt"  # refused by the browser itself (the image box accepts image/* only)
     notes.write_text("a text file")
-    page.find("#image input[type=file]").send_keys(str(notes))
+    page.choose_file(notes)
     _notice(page, "Invalid file type: notes.txt", "the browser's notice about notes.txt")
-    page.find("#upload").click()
+    page.click("#upload")
     _notice(page, "Please choose an image first", "the notice that no image was chosen")
     assert page.texts("user") == [] and not page.find("#user textarea").is_enabled()
 
