@@ -7,7 +7,8 @@ import torch
 from omegaconf import OmegaConf
 
 from minigpt4.tiny_world import text as T
-from minigpt4.tiny_world.lm import LMSpec, Segmenter, chat_context, pretrain_lm, sentencepiece_size
+from minigpt4.tiny_world.lm import (LMSpec, Segmenter, build_lm, caption_context, chat_context, greedy, left_pad,
+                                    pretrain_lm, sentencepiece_size, soft_embeds, soft_slots, write_tokenizer)
 from minigpt4.tiny_world.scenes import Scene
 from minigpt4.tiny_world.vision import Heads, ImageStream, VisionSpec, loss_and_accuracy, pretrain_vision, targets
 from minigpt4.tiny_world.write import scenes
@@ -19,7 +20,7 @@ def test_language_model_folder_loads_with_from_pretrained(tmp_path):
     spec = LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, batch_size=4, max_steps=3,
                   min_steps=3, eval_every=3)
     report = pretrain_lm(tmp_path / "llm", spec)
-    assert report["steps"] == 3 and set(report["copy_accuracy"]) >= {"caption", "chat", "describe"}
+    assert report["steps"] == 3 and set(report["copy_accuracy"]) >= {"caption", "chat", "describe", "chat_slots"}
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "llm"))
     # the language model reads the object list under the curation's own describe prompt, as MiniGPT4 lays it out
     from minigpt4.curate.describe import first_prompt
@@ -88,3 +89,55 @@ def test_vision_heads_give_each_group_of_query_tokens_one_slot():
     heads.forward = lambda feats: logits_from(swapped)
     _, wrong = loss_and_accuracy(heads, torch.zeros(2, 8, 4), t)
     assert wrong["colour"] == 0.5  # 2 images x 2 slots, the two left slots now wrong
+
+
+def test_slot_vectors_are_laid_out_as_the_vision_towers_query_groups(tmp_path):
+    from transformers import AutoTokenizer
+
+    spec = LMSpec(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64)
+    write_tokenizer(tmp_path, spec)
+    tok = AutoTokenizer.from_pretrained(str(tmp_path))
+    seg, word = Segmenter(tok), lambda w: tok.convert_tokens_to_ids("\u2581" + w)
+    one = Scene.from_json([{"colour": "red", "shape": "circle", "size": "large", "col": 2, "row": 3}])
+    two = Scene.from_json([{"colour": "blue", "shape": "square", "size": "small", "col": 1, "row": 2},
+                           {"colour": "green", "shape": "triangle", "size": "large", "col": 5, "row": 4}])
+    slots = soft_slots(seg, two, 8, 2)
+    left, right = [word("small"), word("blue"), word("square")], [word("large"), word("green"), word("triangle")]
+    assert slots == [left] * 4 + [right] * 4  # the groups of Heads.slot_of, left to right
+    assert soft_slots(seg, one, 8, 2)[4:] == [[tok.convert_tokens_to_ids(".")]] * 4  # an empty slot
+    assert soft_slots(seg, two, 6, 2) == [left] * 3 + [right] * 3
+
+    torch.manual_seed(0)
+    model = build_lm(spec, len(tok)).eval()
+    context = chat_context(seg, two, T.INSTRUCTIONS[0], (8, 2))
+    before = chat_context(seg, two, T.INSTRUCTIONS[0])[: context.spec[0][0]]
+    assert context[: len(before)] == before and [p for p, _ in context.spec] == list(range(len(before), len(before) + 8))
+    table = model.get_input_embeddings().weight
+    embeds = soft_embeds(model, torch.tensor([context]), [(context, 0)], 0.0)[0]
+    assert torch.equal(embeds[len(before)], table[left].sum(0)) and torch.equal(embeds[len(before) + 7], table[right].sum(0))
+    assert torch.equal(embeds[: len(before)], table[before])
+    noisy = soft_embeds(model, torch.tensor([context]), [(context, 0)], 0.2)[0]
+    assert torch.equal(noisy[: len(before)], embeds[: len(before)]) and not torch.equal(noisy, embeds)
+
+    # left-padded next to a longer text context, the slot vectors move with their row
+    stops = {tok.eos_token_id}
+    longer = chat_context(seg, two, T.INSTRUCTIONS[1])
+    shift = len(longer) - len(context)
+    assert shift > 0
+    padded, att = left_pad([longer, context], 0)
+    assert att[1].tolist() == [0] * shift + [1] * len(context) and padded[0].spec == []
+    row = soft_embeds(model, torch.tensor(padded), [(c, 0) for c in padded], 0.0)[1]
+    assert torch.equal(row[shift:], embeds)
+    with torch.no_grad():
+        alone = greedy(model, [context], 0, 6, stops)[0]
+        batched = greedy(model, [longer, context, caption_context(seg, one, (8, 2))], 0, 6, stops)
+    assert batched[1][: len(alone)] == alone and len(batched) == 3
+
+
+def test_a_preset_whose_language_model_reads_another_layout_is_refused():
+    import pytest
+
+    from minigpt4.tiny_world.presets import FULL
+
+    with pytest.raises(ValueError, match="lm.image_tokens .12. must be the vision tower's num_query_token .8."):
+        replace(FULL, lm=replace(FULL.lm, image_tokens=12))

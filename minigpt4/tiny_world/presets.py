@@ -23,6 +23,12 @@ class Preset:
     curate_images: int | None = None  # stage-2 training images the stage-1 model describes (None: all)
     curate_batch: int = 50
 
+    def __post_init__(self):
+        if self.lm.image_tokens != self.vision.num_query_token:
+            raise ValueError(f"preset {self.name}: lm.image_tokens ({self.lm.image_tokens}) must be the vision "
+                             f"tower's num_query_token ({self.vision.num_query_token}): the language model learns "
+                             "to read object lists laid out as the tower's query tokens")
+
     def stage2_batch(self) -> int:
         """Stage 2's global batch (the config's per-process batch for 2 processes, unless the preset sets it)."""
         from omegaconf import OmegaConf
