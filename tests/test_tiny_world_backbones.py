@@ -126,12 +126,14 @@ def test_slot_vectors_are_laid_out_as_the_vision_towers_query_groups(tmp_path):
     assert shift > 0
     padded, att = left_pad([longer, context], 0)
     assert att[1].tolist() == [0] * shift + [1] * len(context) and padded[0].spec == []
-    row = soft_embeds(model, torch.tensor(padded), [(c, 0) for c in padded], 0.0)[1]
-    assert torch.equal(row[shift:], embeds)
-    with torch.no_grad():
-        alone = greedy(model, [context], 0, 6, stops)[0]
-        batched = greedy(model, [longer, context, caption_context(seg, one, (8, 2))], 0, 6, stops)
-    assert batched[1][: len(alone)] == alone and len(batched) == 3
+    rows = soft_embeds(model, torch.tensor(padded), [(c, 0) for c in padded], 0.0)
+    assert torch.equal(rows[1, shift:], embeds)
+    with torch.no_grad():  # the model reads the padded row as the row alone
+        alone = model(inputs_embeds=embeds[None]).logits[0, -1]
+        in_batch = model(inputs_embeds=rows, attention_mask=att).logits[1, -1]
+        assert torch.allclose(alone, in_batch, atol=1e-4)
+        answers = greedy(model, [longer, context, caption_context(seg, one, (8, 2))], 0, 6, stops)
+    assert len(answers) == 3 and all(0 < len(a) <= 6 for a in answers)  # new tokens only, as for text contexts
 
 
 def test_a_preset_whose_language_model_reads_another_layout_is_refused():
