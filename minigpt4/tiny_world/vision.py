@@ -121,6 +121,18 @@ class ImageStream:
         return torch.stack(pixels), scenes_
 
 
+class Batches(torch.utils.data.IterableDataset):
+    """``count`` batches of an :class:`ImageStream`, in order; with one DataLoader worker they are rendered in
+    another process while the tower trains (the same batches, sooner)."""
+
+    def __init__(self, stream: ImageStream, size: int, count: int):
+        self.stream, self.size, self.count = stream, size, count
+
+    def __iter__(self):
+        for _ in range(self.count):
+            yield self.stream.batch(self.size)
+
+
 def loss_and_accuracy(heads: Heads, feats: torch.Tensor, t: dict) -> tuple[torch.Tensor, dict]:
     """Loss and held-out accuracies; a per-slot accuracy counts a (image, slot) only when every token of
     the slot's group is right."""
@@ -154,12 +166,14 @@ def pretrain_vision(folder: Path, spec: VisionSpec, threads: int = 1, progress=N
     test_pixels, test_scenes = held.batch(512)
     test_t = targets(test_scenes, slots)
     warm, history, step = 100, [], 0
-    for step in range(1, spec.max_steps + 1):
+    # its own generator: the loader's worker seed must not come from the global RNG, which the tower's dropout uses
+    batches = torch.utils.data.DataLoader(Batches(train, spec.batch_size, spec.max_steps), batch_size=None,
+                                          num_workers=1, prefetch_factor=4, generator=torch.Generator())
+    for step, (pixels, sc) in enumerate(batches, start=1):
         tower.train()
         lr = spec.lr * min(1.0, step / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, step / spec.max_steps)))
         for g in opt.param_groups:
             g["lr"] = lr
-        pixels, sc = train.batch(spec.batch_size)
         loss, _ = loss_and_accuracy(heads, tower(pixels), targets(sc, slots))
         opt.zero_grad(set_to_none=True)
         loss.backward()
