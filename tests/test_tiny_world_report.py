@@ -77,3 +77,17 @@ def test_command_line_presets_and_defaults():
     assert set(PRESET_NAMES) == set(PRESETS)
     args = parse_args([])
     assert (args.out, args.preset, args.nproc) == ("tiny_world", "full", 2)
+
+
+def test_bad_command_lines_are_one_line(tmp_path, capsys):
+    from minigpt4.tiny_world.__main__ import main
+
+    a_file = tmp_path / "world"
+    a_file.write_text("not a folder")
+    for argv, says in ((["--out", str(a_file)], f"--out {a_file}: is a file, not a folder"),
+                       (["--out", str(a_file / "sub")], "cannot be created"),
+                       (["--out", str(tmp_path / "w"), "--nproc", "0"], "--nproc must be at least 1")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert says in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "w").exists()

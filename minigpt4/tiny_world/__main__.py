@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minigpt4.errors import UsageError, run_cli
+from minigpt4.errors import UsageError, out_folder, run_cli
 
 PRESET_NAMES = ("full", "test")  # minigpt4.tiny_world.presets.PRESETS (kept here so --help imports nothing heavy)
 
@@ -47,6 +47,7 @@ def main(argv=None) -> int:
 def build(args) -> int:
     if args.nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {args.nproc}")
+    out_folder(args.out, "--out")
     import logging
     import signal
 
