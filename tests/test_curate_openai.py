@@ -206,3 +206,20 @@ def test_endpoint_and_key_problems_are_one_line_errors(tmp_path, monkeypatch, ca
                 "no_base_url": "curate.fix.openai.base_url is not set"}[case]
     assert expected in err
     assert not (work / "fixed.jsonl").exists() or not rows(work / "fixed.jsonl")
+
+
+@pytest.mark.parametrize("case", ["unreachable", "missing_key"])
+def test_fixer_problems_are_found_before_describe_runs(tmp_path, monkeypatch, case):
+    """A run of describe then fix checks the openai fixer first: a bad key or URL does not cost a describe pass."""
+    from minigpt4.curate import describe
+
+    def describe_ran(*args, **kwargs):
+        raise AssertionError("describe ran before the fixer's settings were checked")
+
+    monkeypatch.setattr(describe, "run_describe", describe_ran)
+    if case == "missing_key":
+        monkeypatch.delenv(KEY_ENV)
+    cfg = config(tmp_path / "work", "fix.fixer=openai", f"fix.openai.base_url=http://127.0.0.1:{free_port()}/v1",
+                 f"fix.openai.api_key_env={KEY_ENV}")
+    with pytest.raises(curate.CurateError, match="curate.fix.openai"):
+        curate.run(cfg, stages="describe,fix")

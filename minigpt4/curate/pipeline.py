@@ -63,6 +63,10 @@ def run(cfg, *, stages="all", model=None, vis_processor=None, model_args: dict |
         from minigpt4.curate.fix_hf import check_model
 
         check_model(cfg.fix.hf)
+    if "fix" in names and "describe" in names and fixer is None and cfg.fix.fixer == "openai":
+        from minigpt4.curate.fix_openai import OpenAIFixer
+
+        OpenAIFixer(cfg.fix.openai, cfg.fix.prompt).close()  # its settings and endpoint, before describe runs
     work.make()
     if force and rank == 0:
         for name in names:
