@@ -80,6 +80,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
                         help="larger images (width x height, read from the header before decoding) become error "
                              "rows (default: 40000000)")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="caption again the images whose row in --out is an error (e.g. after repairing "
+                             "the files); other rows are kept")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_beams < 1 or args.max_image_pixels < 1:
@@ -180,7 +183,7 @@ def settings(args, cfg) -> dict:
 def run(args) -> dict:
     from minigpt4 import caption_io, inference
     from minigpt4.common import dist as D
-    from minigpt4.sharded_jsonl import ShardedJsonl, launch_ranks
+    from minigpt4.sharded_jsonl import ShardedJsonl, drop_rows, launch_ranks
 
     with user_errors("minigpt4.caption"):
         check_args(args)
@@ -192,6 +195,10 @@ def run(args) -> dict:
     output = None
     try:
         with user_errors("minigpt4.caption"):
+            if args.retry_errors:
+                if info.is_main:
+                    drop_rows(args.out, lambda row: "error" in row, "error row(s)")
+                D.barrier()  # no rank reads what is done before the error rows are gone
             output = ShardedJsonl(args.out, info.rank, info.world_size)
             caption_io.check_settings(args.out, bool(output.done), settings(args, cfg), write=info.is_main)
             args.device = str(info.device)

@@ -67,6 +67,37 @@ def _rows(path: Path, truncate: bool = False):
     return rows
 
 
+def drop_rows(out: Path, unwanted, what: str = "row(s)") -> int:
+    """Remove the rows for which ``unwanted(row)`` is true from ``out`` and its part files (each file
+    rewritten to a temporary file and renamed, under its lock), so the next run writes them again.
+    Call on one rank before any rank opens the output. Returns the number of rows removed."""
+    removed = 0
+    for path in [out, *ShardedJsonl.parts_of(out)]:
+        if not path.exists():
+            continue
+        with open(path, "rb") as lock:
+            _lock(lock, path)
+            kept, dropped = [], 0
+            for key, start, end in _rows(path):
+                lock.seek(start)
+                line = lock.read(end - start)
+                if unwanted(json.loads(line)):
+                    dropped += 1
+                else:
+                    kept.append(line)
+            if dropped:
+                tmp = path.with_name(path.name + ".dropping")
+                with open(tmp, "wb") as f:
+                    f.writelines(kept)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+                _fsync_dir(path.parent)
+                log.info("%s: %d %s removed to be made again", path, dropped, what)
+                removed += dropped
+    return removed
+
+
 def _lock(file, path: Path) -> None:
     """An exclusive lock on an open file, held until it is closed (or the process dies): two runs never
     write one file at once."""
@@ -126,10 +157,15 @@ class ShardedJsonl:
         return self.out.with_name(f"{self.out.name}.part-{rank}-of-{world_size}")
 
     def part_files(self) -> list[Path]:
+        return self.parts_of(self.out)
+
+    @staticmethod
+    def parts_of(out: Path) -> list[Path]:
         """Part files next to ``out``, by world size then rank."""
-        pattern = re.compile(re.escape(self.out.name) + r"\.part-(\d+)-of-(\d+)")
+        out = Path(out)
+        pattern = re.compile(re.escape(out.name) + r"\.part-(\d+)-of-(\d+)")
         found = []
-        for path in self.out.parent.glob(f"{glob_escape(self.out.name)}.part-*-of-*"):
+        for path in out.parent.glob(f"{glob_escape(out.name)}.part-*-of-*"):
             m = pattern.fullmatch(path.name)
             if m:
                 found.append(((int(m.group(2)), int(m.group(1))), path))

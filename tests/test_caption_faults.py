@@ -158,3 +158,35 @@ def test_images_over_max_image_pixels_become_error_rows_and_16_bit_images_are_re
     from minigpt4.conversation.conversation import load_image
 
     assert load_image(folder / "deep.png").getpixel((0, 0)) == (128, 128, 128)  # 32768 / 257, not 255
+
+
+def test_retry_errors_captions_repaired_images_again_in_place(workdir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        draw_scene(i).save(images / f"{i}.png")
+    (images / "1.png").write_bytes(b"not yet an image")
+    out = tmp_path / "captions.jsonl"
+    assert caption.main(_argv(workdir, images, out)) == 0
+    first = _rows(out)
+    assert [("error" in r) for r in first] == [False, True, False]
+    draw_scene(1).save(images / "1.png")  # repaired
+    assert caption.main(_argv(workdir, images, out)) == 0
+    assert _rows(out) == first  # a plain rerun keeps the error row
+    assert caption.main(_argv(workdir, images, out, "--retry-errors")) == 0
+    again = _rows(out)
+    assert [r["key"] for r in again] == ["0.png", "1.png", "2.png"]  # in the listing's order, one row each
+    assert again[0] == first[0] and again[2] == first[2] and "caption" in again[1] and "error" not in again[1]
+    assert not list(tmp_path.glob("captions.jsonl.*ing"))
+
+
+def test_retry_errors_reaches_rows_left_in_part_files(tmp_path):
+    from minigpt4.sharded_jsonl import ShardedJsonl, drop_rows
+
+    out = tmp_path / "c.jsonl"
+    part = ShardedJsonl(out, rank=1, world_size=2)  # what a killed two-rank run leaves
+    part.write([{"key": "a", "caption": "x"}, {"key": "b", "error": "unreadable"}])
+    part.close()
+    out.write_text(json.dumps({"key": "c", "error": "unreadable"}) + "\n")
+    assert drop_rows(out, lambda row: "error" in row) == 2
+    assert ShardedJsonl(out).done == {"a"}
