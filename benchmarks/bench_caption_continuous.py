@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from cli_args import default_tiny_world, positive_int
+from cli_args import built_tiny_world, default_tiny_world, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "caption_continuous.json"
@@ -137,7 +137,7 @@ def run(quick: bool = False, *, tiny_world: Path | None = None, images: int | No
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="24 images, one round")
-    p.add_argument("--tiny-world", type=Path, default=None,
+    p.add_argument("--tiny-world", type=built_tiny_world, default=None,
                    help="a built tiny world (default: $MINIGPT4_TINY_WORLD, else ./tiny_world, else the repository's)")
     p.add_argument("--images", type=positive_int, default=None,
                    help="held-out images per setting (default 64, quick 24)")
@@ -145,6 +145,11 @@ def main(argv=None) -> int:
     p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    if args.tiny_world is None:  # the default lookup: refused as a given --tiny-world is
+        try:
+            args.tiny_world = built_tiny_world(str(default_tiny_world()))
+        except argparse.ArgumentTypeError as exc:
+            p.error(str(exc))
     result = run(args.quick, tiny_world=args.tiny_world, images=args.images, rounds=args.rounds,
                  max_new_tokens=args.max_new_tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)

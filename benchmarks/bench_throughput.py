@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from cli_args import positive_int  # noqa: E402
+from cli_args import built_tiny_world, positive_int  # noqa: E402
 
 TOKENIZER = ROOT / "tests/fixtures/minigpt4_tiny/llm"
 BATCH = 8
@@ -232,7 +232,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=positive_int, default=5)
     ap.add_argument("--steps", type=positive_int, default=6, help="timed steps per configuration and round")
     ap.add_argument("--quick", action="store_true", help="1 round of 2 steps (a smoke run, not for figures)")
-    ap.add_argument("--tiny-world", type=Path, default=None,
+    ap.add_argument("--tiny-world", type=built_tiny_world, default=None,
                     help="a built tiny world for the captioning figures (default: $MINIGPT4_TINY_WORLD, else "
                          "./tiny_world, else the repository's)")
     args = ap.parse_args()
