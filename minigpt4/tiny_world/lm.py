@@ -201,15 +201,15 @@ def soft_embeds(model, ids: torch.Tensor, seqs: list, noise: float):
         for pos, words in getattr(s, "spec", ()):
             rows.append(i)
             cols.append(pos)
-            vecs.append(table[torch.tensor(words)].sum(0))
+            vecs.append(table[torch.tensor(words, device=table.device)].sum(0))
     if not rows:
         return embeds
     vecs = torch.stack(vecs)
     if noise > 0:
         rms = vecs.detach().pow(2).mean(-1, keepdim=True).sqrt()
-        vecs = vecs + noise * rms * torch.randn(vecs.shape)
+        vecs = vecs + noise * rms * torch.randn(vecs.shape, device=vecs.device)
     embeds = embeds.clone()
-    embeds[torch.tensor(rows), torch.tensor(cols)] = vecs
+    embeds[torch.tensor(rows, device=embeds.device), torch.tensor(cols, device=embeds.device)] = vecs
     return embeds
 
 
