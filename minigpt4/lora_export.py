@@ -45,6 +45,9 @@ def export(model, out: Path) -> Path:
 
     if model.lora is None:
         raise inference.UsageError("model.lora_r is not set: there are no adapters to merge")
+    if lora_io.adapters_at_start(model.adapters):
+        raise inference.UsageError("model.ckpt holds no trained LoRA adapters (every lora_B is still 0): the "
+                                   "export would be the base LLM unchanged; give the checkpoint of a LoRA run")
     check_out(out)
     out_folder(out, "--out", create=True)
     meta = {**model.checkpoint_meta(), "merged_lora": model.lora.to_meta()}

@@ -163,3 +163,10 @@ def test_export_cli_refuses_a_file_for_out_in_one_line(tmp_path, capsys):
         assert info.value.code == 2 and len(err) == 1 and err[0].startswith(
             f"python -m minigpt4.lora_export: error: --out {out}: "), err
     assert notes.read_text() == "x"
+
+
+def test_export_refuses_adapters_that_were_never_trained(tmp_path):
+    untrained = build(**LORA)  # e.g. model.ckpt pointing at a projection-only stage-1 checkpoint
+    with pytest.raises(lora_export.inference.UsageError, match="no trained LoRA adapters"):
+        lora_export.export(untrained, tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()

@@ -101,6 +101,11 @@ def adapter_layers(llm: torch.nn.Module) -> list[torch.nn.Module]:
     return [m for m in llm.modules() if isinstance(m, LoraLayer)]
 
 
+def adapters_at_start(layers) -> bool:
+    """True when every adapter of ``layers`` still has ``lora_B`` = 0 (untrained: the LLM is unchanged)."""
+    return not any(bool(b.weight.any()) for layer in layers for b in layer.lora_B.values())
+
+
 def has_adapter_keys(keys) -> bool:
     return any(KEY_MARKER in k for k in keys)
 
