@@ -8,7 +8,7 @@
     images/           copies of images that came from webdataset shards
     summary.json      counts of every stage
 
-Row files are append-only JSONL (:class:`minigpt4.caption_io.JsonlOutput`): a killed stage leaves
+Row files are append-only JSONL (:class:`minigpt4.sharded_jsonl.JsonlOutput`): a killed stage leaves
 whole rows plus at most one cut line, which is dropped on the next run; keys already present are not
 redone. Whole-file outputs are written to a temporary name and renamed, so they are complete or absent.
 """
