@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from minigpt4.errors import UsageError, user_errors
+from minigpt4.errors import UsageError, non_empty, path_arg, user_errors
 from minigpt4.images import DEFAULT_MAX_IMAGE_PIXELS
 
 log = logging.getLogger("minigpt4.caption")
@@ -55,16 +55,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     add_model_args(parser)
-    parser.add_argument("--images", required=True,
+    parser.add_argument("--images", type=non_empty, required=True,
                         help="a folder of images (the root of a --list), or a brace pattern of .tar shards")
     parser.add_argument("--labels", choices=["dirs"], default=None,
                         help="dirs: an image-classification folder, label = the first folder under --images")
-    parser.add_argument("--list", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--list", type=path_arg, default=None, metavar="FILE",
                         help="CSV with a path,label header, or JSONL of {\"path\", \"label\"}: the images to "
                              "caption and their labels (paths relative to --images, or absolute inside it)")
-    parser.add_argument("--label-names", type=Path, default=None, metavar="FILE",
+    parser.add_argument("--label-names", type=path_arg, default=None, metavar="FILE",
                         help="class id -> name for {label} (JSON object, CSV id,name, or 'id name' lines)")
-    parser.add_argument("--out", required=True, type=Path,
+    parser.add_argument("--out", required=True, type=path_arg,
                         help="output JSONL (appended to; resumable; ranks write <out>.part-R-of-W, merged at the end)")
     parser.add_argument("--prompt", default=None,
                         help="instruction after the image, or a full prompt containing <ImageHere>; {label} is "

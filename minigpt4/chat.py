@@ -14,7 +14,7 @@ import logging
 import sys
 
 from minigpt4 import inference
-from minigpt4.errors import UserError, user_errors
+from minigpt4.errors import UserError, non_empty, user_errors
 
 HELP = "commands: /image PATH (add an image), /reset (start over), /quit (or Ctrl-D)"
 COMMANDS = """\
@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m minigpt4.chat", description=__doc__.split("\n\n")[0],
                                      epilog=COMMANDS, formatter_class=argparse.RawDescriptionHelpFormatter)
     inference.add_model_args(parser)
-    parser.add_argument("--image", required=True, help="the first image of the conversation")
+    parser.add_argument("--image", type=non_empty, required=True, help="the first image of the conversation")
     inference.add_conversation_args(parser)
     parser.add_argument("--num-beams", type=int, default=1,
                         help="beam search width; > 1 answers in one piece instead of streaming (default: 1)")

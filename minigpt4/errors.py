@@ -76,13 +76,33 @@ def read_text_file(path, what: str, encoding: str = "utf-8") -> str:
                           f"(byte {exc.start}: {exc.reason})") from None
 
 
+def non_empty(text: str) -> str:
+    """An argparse type for a path flag kept as text: refuses an empty value, which ``Path('')`` would
+    silently turn into the current folder."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def path_arg(text: str):
+    """An argparse type for a path flag: a non-empty value (see :func:`non_empty`) as a ``Path``."""
+    from pathlib import Path
+
+    return Path(non_empty(text))
+
+
 def out_folder(path, what: str, create: bool = False):
     """``path`` as a folder to write into, named by ``what`` (e.g. ``--out``): a one-line :class:`UsageError`
-    when it is a file or cannot be created (a parent is a file, no permission). Checked only, unless
-    ``create``; returns the path."""
+    when it is empty, a file or cannot be created (a parent is a file, no permission, a place that holds no
+    folders). Checked only (by making and removing its first missing folder), unless ``create``; returns
+    the path."""
     import os
     from pathlib import Path
 
+    if isinstance(path, str) and not path.strip():
+        raise UsageError(f"{what} is empty; give a folder")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{what} {path}: is a file, not a folder")
@@ -92,9 +112,13 @@ def out_folder(path, what: str, create: bool = False):
             raise UsageError(f"{what} {path}: cannot be created, {parent} is a file")
         if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
             raise UsageError(f"{what} {path}: cannot be created in {parent} (no permission)")
-    if create:
-        try:
+    try:
+        if create:
             path.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"{what} {path}: cannot create the folder ({exc.strerror or exc})") from None
+        elif not path.exists():
+            first = next(p for p in [*reversed(path.parents), path] if not p.exists())
+            first.mkdir()
+            first.rmdir()
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot create the folder ({exc.strerror or exc})") from None
     return path

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from minigpt4.errors import UsageError
+from minigpt4.errors import UsageError, non_empty
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg, check_tiny_world, set_tiny_world
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ TEMPLATES = ("auto", "training", "vicuna0", "llama2", "tokenizer")
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--cfg-path", required=True,
+    parser.add_argument("--cfg-path", type=non_empty, required=True,
                         help="YAML config, e.g. eval_configs/tiny_eval.yaml (the tiny world) or "
                              "eval_configs/minigpt4_eval.yaml (real weights)")
     add_tiny_world_arg(parser)

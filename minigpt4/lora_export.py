@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from minigpt4.errors import out_folder, user_errors
+from minigpt4.errors import out_folder, path_arg, user_errors
 from minigpt4 import inference
 
 PROJECTION_FILE = "projection.safetensors"
@@ -26,7 +26,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m minigpt4.lora_export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     inference.add_model_args(parser)
-    parser.add_argument("--out", required=True, type=Path, help="folder for the merged LLM (created; must be empty)")
+    parser.add_argument("--out", required=True, type=path_arg,
+                        help="folder for the merged LLM (created; must be empty)")
     return parser.parse_args(argv)
 
 

@@ -21,7 +21,7 @@ import signal
 import sys
 
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg
-from minigpt4.errors import ConfigError, UserError, run_cli
+from minigpt4.errors import ConfigError, UserError, non_empty, run_cli
 
 log = logging.getLogger("train")
 
@@ -47,13 +47,13 @@ def parse_args(argv=None, prog: str = "train.py"):
     p = argparse.ArgumentParser(prog=prog, description="Train MiniGPT-4 (stage 1 or stage 2) from a YAML "
                                 "config, under torchrun or as a single process.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cfg-path", required=True,
+    p.add_argument("--cfg-path", type=non_empty, required=True,
                    help="the training YAML, e.g. train_configs/minigpt4_stage1_pretrain.yaml or "
                         "train_configs/tiny_stage1.yaml")
     add_tiny_world_arg(p)
     p.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="override config values: key=value ... (e.g. run.max_epoch=1 run.device=cpu; default: none)")
-    p.add_argument("--resume", default=None, metavar="auto|PATH",
+    p.add_argument("--resume", type=non_empty, default=None, metavar="auto|PATH",
                    help="continue a run: 'auto' = the latest resume file under run.output_dir, or a resume "
                         "file / job folder (same as run.resume_ckpt_path; default: a new run)")
     p.add_argument("--allow-fresh", action="store_true",

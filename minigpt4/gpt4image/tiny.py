@@ -29,7 +29,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from minigpt4.common.shipped import config_file
-from minigpt4.errors import UsageError, out_folder, run_cli
+from minigpt4.errors import UsageError, out_folder, path_arg, run_cli
 
 log = logging.getLogger("minigpt4.gpt4image.tiny")
 
@@ -241,8 +241,9 @@ def run(out: Path, world: Path, *, seeds=(0, 1, 2), jobs: int = 2, train_per_cla
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minigpt4.gpt4image.tiny", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("gpt4image_tiny"), help="output folder (default gpt4image_tiny)")
-    p.add_argument("--tiny-world", type=Path, default=Path("tiny_world"),
+    p.add_argument("--out", type=path_arg, default=Path("gpt4image_tiny"),
+                   help="output folder (default gpt4image_tiny)")
+    p.add_argument("--tiny-world", type=path_arg, default=Path("tiny_world"),
                    help="the tiny world folder (default: tiny_world in the working directory)")
     p.add_argument("--build-world", action="store_true", help="build the tiny world first if it is missing")
     p.add_argument("--seeds", type=int, default=3)

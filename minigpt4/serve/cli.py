@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from minigpt4 import inference
-from minigpt4.errors import user_errors
+from minigpt4.errors import non_empty, user_errors
 
 MB = 1024 * 1024
 
@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--max-image-mb", type=float, default=10.0, help="largest image file")
     add("--max-image-pixels", type=int, default=16_000_000, help="largest image (width x height)")
     add("--max-images", type=int, default=8, help="images per request")
-    add("--allow-local-dir", default=None, metavar="DIR",
+    add("--allow-local-dir", type=non_empty, default=None, metavar="DIR",
         help="serve image_url file paths from inside DIR (symlinks resolved; nothing outside it)")
     add("--allow-remote-images", action="store_true", help="fetch http(s) image URLs (off by default)")
     add("--api-key-env", default=None, metavar="VAR",

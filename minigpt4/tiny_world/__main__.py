@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from minigpt4.errors import UsageError, out_folder, run_cli
+from minigpt4.errors import UsageError, non_empty, out_folder, run_cli
 
 PRESET_NAMES = ("full", "test")  # minigpt4.tiny_world.presets.PRESETS (kept here so --help imports nothing heavy)
 
@@ -30,7 +30,7 @@ PRESET_NAMES = ("full", "test")  # minigpt4.tiny_world.presets.PRESETS (kept her
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m minigpt4.tiny_world", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="tiny_world", help="output folder (default: tiny_world)")
+    p.add_argument("--out", type=non_empty, default="tiny_world", help="output folder (default: tiny_world)")
     p.add_argument("--preset", choices=PRESET_NAMES, default="full",
                    help="full: the documented run; test: a shrunken run with smaller backbones and fewer steps, "
                         "same code path (default: full)")
