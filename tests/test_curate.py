@@ -259,7 +259,8 @@ def test_webdataset_shards_and_random_choice(setup, full, model, tmp_path):
         assert row["text"] == full_rows[f"img{i:02d}.{'png' if i % 2 else 'jpg'}"]["text"]
 
 
-@pytest.mark.parametrize("case", ["typo", "type", "top_level", "no_images", "no_model", "stage", "order"])
+@pytest.mark.parametrize("case", ["typo", "type", "top_level", "not_a_mapping", "no_images", "no_model", "stage",
+                                  "order"])
 def test_bad_input_is_a_one_line_error(setup, tmp_path, capsys, case):
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -267,7 +268,8 @@ def test_bad_input_is_a_one_line_error(setup, tmp_path, capsys, case):
     yaml = tmp_path / "c.yaml"
     yaml.write_text({"typo": "curate:\n  fix:\n    fixxer: rules\n",
                      "type": "curate:\n  num_images: ten\n",
-                     "top_level": "curate: {}\nmodel: {}\n"}.get(case, "curate: {}\n"))
+                     "top_level": "curate: {}\nmodel: {}\n",
+                     "not_a_mapping": "curate: [1, 2]\n"}.get(case, "curate: {}\n"))
     argv = ["--config", str(yaml), "--work-dir", str(tmp_path / "w"), "--images",
             str(empty if case == "no_images" else setup / "images")]
     argv += {"no_model": [], "stage": ["--stages", "describe,polish"], "order": ["--stages", "filter"]}.get(
@@ -280,6 +282,7 @@ def test_bad_input_is_a_one_line_error(setup, tmp_path, capsys, case):
     expected = {"typo": "unknown key curate.fix.fixxer (did you mean 'fix.fixer'?)",
                 "type": "curate.num_images must be an integer, got 'ten'",
                 "top_level": "unknown top-level key 'model'",
+                "not_a_mapping": "curate must be a mapping of keys, got [1, 2]",
                 "no_images": "curate.images (--images): " + str(empty) + " holds no image files",
                 "no_model": "--cfg-path (the stage-1 model config) is needed by the describe stage",
                 "stage": "--stages: unknown stage 'polish'",

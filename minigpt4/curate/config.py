@@ -203,6 +203,8 @@ def load(path: str | Path | None = None, options=None, overrides: dict | None = 
         if extra:
             raise CurateError(f"--config {path}: unknown top-level key {extra[0]!r} (only 'curate:' belongs here; "
                               "the model goes in --cfg-path)")
+        if user.curate is not None and not isinstance(user.curate, DictConfig):
+            raise CurateError(f"--config {path}: curate must be a mapping of keys, got {user.curate!r}")
         _check(user.curate or OmegaConf.create(), DEFAULTS, "")
         cfg = OmegaConf.merge(cfg, user.curate or {})
     opts = [o[len("curate."):] if o.startswith("curate.") else o for o in options or []]
