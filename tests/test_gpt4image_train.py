@@ -16,7 +16,7 @@ from minigpt4.gpt4image import losses
 from minigpt4.gpt4image.builder import DescribedFolderBuilder
 from minigpt4.gpt4image.data import derangement
 from minigpt4.gpt4image.heads import build_head, resolve_head_type
-from minigpt4.gpt4image.model import GPT4ImageClassifier, topk_correct
+from minigpt4.gpt4image.model import BatchTooSmall, GPT4ImageClassifier, topk_correct
 from minigpt4.gpt4image.weights import export_classifier
 from minigpt4.models.checkpoint import save_trainable
 from tests.gpt4image_fixtures import key_vector, make_folder, train_config, write_embeddings
@@ -251,6 +251,52 @@ def test_train_py_runs_evaluates_and_exports(tmp_path, capsys):
     plain = timm.create_model("resnet10t", num_classes=3, **SMALL_CNN)
     plain.load_state_dict(load_file(str(job / "classifier.safetensors")), strict=True)
     assert losses.is_global("clip") and not losses.is_global("ctr")
+
+
+def test_unreadable_val_images_are_skipped_and_counted(tmp_path, capsys):
+    keys = make_folder(tmp_path / "train", per_class=4)
+    make_folder(tmp_path / "val", per_class=2, seed=1)
+    (tmp_path / "val" / "circle" / "broken.png").write_bytes(b"\x89PNG not really")
+    write_embeddings(tmp_path / "e.safetensors", keys)
+    cfg = train_config(tmp_path, tmp_path / "train", tmp_path / "e.safetensors", val=tmp_path / "val",
+                       extra_model={"backbone_kwargs": SMALL_CNN})
+    code, _ = _cli(capsys, cfg)
+    assert code == 0
+    last = json.loads((tmp_path / "out" / "job" / "log.txt").read_text().splitlines()[-1])
+    assert last["val_images"] == 6 and last["val_skipped"] == 1
+
+
+def test_batches_made_small_by_skipped_images():
+    model = _model(mixup=timm.data.Mixup(mixup_alpha=0.8, num_classes=3)).train()
+    batch = {"image": torch.randn(3, 3, 32, 32), "label": torch.tensor([0, 1, 2]), "text_embedding": torch.randn(3, 16)}
+    assert model(batch)["num_tokens"] == 2  # mixup pairs images: the odd one sits the step out
+    model = _model().train()
+    with pytest.raises(BatchTooSmall, match="the projection head's BatchNorm needs 2"):
+        model({k: v[:1] for k, v in batch.items()})
+
+
+@pytest.mark.parametrize("name, says", [("hf-hub:timm/resnet18.a1_in1k", "timm architecture name"),
+                                        ("local-dir:/tmp/x", "timm architecture name"),
+                                        ("a/b", "timm architecture name")])
+def test_backbone_names_that_would_download_or_read_elsewhere_are_refused(name, says, monkeypatch):
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("timm was asked"))
+    with pytest.raises(ConfigError, match=says):
+        GPT4ImageClassifier(name, 3, lam=0.0)
+    with pytest.raises(ConfigError, match="model.backbone_kwargs.num_classes: set by the library"):
+        GPT4ImageClassifier("resnet10t", 3, lam=0.0, backbone_kwargs={"num_classes": 10})
+
+
+@pytest.mark.parametrize("case", ["odd_mixup", "bn_batch_1"])
+def test_batch_sizes_the_network_cannot_take_are_refused_before_training(tmp_path, capsys, case):
+    keys = make_folder(tmp_path / "train", per_class=4)
+    write_embeddings(tmp_path / "e.safetensors", keys)
+    model = {"backbone_kwargs": SMALL_CNN, **({"mixup": 0.8} if case == "odd_mixup" else {})}
+    cfg = train_config(tmp_path, tmp_path / "train", tmp_path / "e.safetensors", extra_model=model,
+                       batch_size=3 if case == "odd_mixup" else 1)
+    code, line = _cli(capsys, cfg)
+    says = {"odd_mixup": "run.batch_size_train must be even with model.mixup",
+            "bn_batch_1": "run.batch_size_train must be at least 2 with the bn projection head"}[case]
+    assert code == 2 and says in line, line
 
 
 # --------------------------------------------------------------------------- shipped configs

@@ -23,12 +23,18 @@ from torch import nn
 from minigpt4.common import dist as D
 from minigpt4.common.fields import check_table
 from minigpt4.common.registry import registry
-from minigpt4.errors import ConfigError
+from minigpt4.errors import ConfigError, UserError
 from minigpt4.gpt4image import losses
 from minigpt4.gpt4image.heads import build_head, resolve_head_type
 from minigpt4.gpt4image.weights import CONFIG_KEYS, load_backbone_weights, load_full_state
 
 log = logging.getLogger(__name__)
+
+
+class BatchTooSmall(UserError):
+    """Skipped samples left a training batch that the network cannot take."""
+
+
 TIMM_KEYS = ("img_size", "drop_path_rate", "drop_rate")  # model keys passed on to timm.create_model
 
 
@@ -47,7 +53,15 @@ class GPT4ImageClassifier(nn.Module):
             raise ConfigError(f"model.align_loss must be one of {list(losses.ALIGN_LOSSES)}, got {align_loss!r}")
         if lam < 0 or tau <= 0:
             raise ConfigError(f"model.lambda must be >= 0 and model.tau > 0, got {lam} and {tau}")
+        if not isinstance(backbone_name, str) or not re.fullmatch(r"[\w.\-]+", backbone_name):
+            raise ConfigError(f"model.backbone must be a timm architecture name such as resnet50 or "
+                              f"vit_base_patch16_224, got {backbone_name!r}; weights come from model.backbone_ckpt "
+                              "(timm's hub and folder prefixes are not taken: nothing is downloaded)")
         self.backbone_name, self.backbone_kwargs = backbone_name, dict(backbone_kwargs or {})
+        reserved = sorted({"num_classes", "pretrained"} & set(self.backbone_kwargs))
+        if reserved:
+            raise ConfigError(f"model.backbone_kwargs.{reserved[0]}: set by the library (num_classes from the "
+                              "data, pretrained never: weights come from model.backbone_ckpt)")
         try:
             self.backbone = timm.create_model(backbone_name, pretrained=False, num_classes=num_classes,
                                               **self.backbone_kwargs)
@@ -115,9 +129,16 @@ class GPT4ImageClassifier(nn.Module):
     def forward(self, samples: dict) -> dict:
         image, label = samples["image"], samples["label"]
         target = label
+        if self.training and self.mixup is not None and image.shape[0] % 2:
+            # run.batch_size_train is even (the runner checks it): skipped unreadable images made this batch odd
+            log.warning("a batch of %d images (unreadable ones were skipped): mixup/cutmix pairs images, the "
+                        "last one sits this step out", image.shape[0])
+            samples = {k: v[:-1] for k, v in samples.items()}
+            image, label = samples["image"], samples["label"]
+        if self.training and self.head_type == "bn" and self.head is not None and image.shape[0] < 2:
+            raise BatchTooSmall("a training batch holds 1 image after unreadable ones were skipped (see the skip "
+                                "log): the projection head's BatchNorm needs 2; repair or remove those images")
         if self.training and self.mixup is not None:
-            if image.shape[0] % 2:
-                raise ConfigError(f"mixup/cutmix needs an even batch, got {image.shape[0]} (run.batch_size_train)")
             image, target = self.mixup(image, label)
         h, logits = self.features(image)
         ce = self.criterion(logits, target)

@@ -16,16 +16,40 @@ import logging
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import default_collate
 
 from minigpt4.common import dist as D
 from minigpt4.common.config import ConfigError
 from minigpt4.common.registry import registry
+from minigpt4.datasets import skips
 from minigpt4.gpt4image.model import topk_correct
 from minigpt4.gpt4image.weights import export_classifier
 from minigpt4.runners import checkpointing as C
 from minigpt4.runners.runner_base import RunnerBase
 
 log = logging.getLogger(__name__)
+
+
+class Readable(torch.utils.data.Dataset):
+    """``data`` at ``indices``; an image that cannot be read is its :class:`SkipSample` detail instead."""
+
+    def __init__(self, data, indices):
+        self.data, self.indices = data, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        try:
+            return self.data[self.indices[i]]
+        except skips.SkipSample as exn:
+            return exn.detail
+
+
+def collate_readable(items) -> tuple[dict | None, list[str]]:
+    """(the collated readable samples or None, what was skipped)."""
+    kept = [x for x in items if not isinstance(x, str)]
+    return (default_collate(kept) if kept else None), [x for x in items if isinstance(x, str)]
 
 
 @registry.register_runner("runner_classifier")
@@ -37,6 +61,13 @@ class ClassifierRunner(RunnerBase):
         if len(datasets) != 1:
             raise ConfigError(f"runner_classifier trains on one dataset, got {list(datasets)}")
         (self.splits,) = datasets.values()
+        batch = int(run.batch_size_train)
+        if getattr(model, "mixup", None) is not None and batch % 2:
+            raise ConfigError(f"run.batch_size_train must be even with model.mixup / model.cutmix (images are "
+                              f"mixed in pairs), got {batch}")
+        if getattr(model, "head", None) is not None and model.head_type == "bn" and batch < 2:
+            raise ConfigError("run.batch_size_train must be at least 2 with the bn projection head (its BatchNorm "
+                              "normalises over the batch), got 1")
         if run.get("iters_per_epoch") is None:
             world = kwargs["dist_info"].world_size if kwargs.get("dist_info") else 1
             n = len(self.splits["train"]) // (int(run.batch_size_train) * world)
@@ -71,21 +102,26 @@ class ClassifierRunner(RunnerBase):
         self._sync_buffers()
         was_training = self.model.training
         self.model.eval()
-        mine = torch.utils.data.Subset(data, range(self.dist.rank, len(data), self.dist.world_size))
-        loader = torch.utils.data.DataLoader(mine, batch_size=self.run.batch_size_eval,
+        mine = Readable(data, range(self.dist.rank, len(data), self.dist.world_size))
+        loader = torch.utils.data.DataLoader(mine, batch_size=self.run.batch_size_eval, collate_fn=collate_readable,
                                              num_workers=self.run.num_workers, shuffle=False)
-        counts = torch.zeros(3, dtype=torch.float64)
-        for batch in loader:
+        counts = torch.zeros(4, dtype=torch.float64)
+        for batch, skipped in loader:
+            for detail in skipped:
+                skips.log_skip(split, skips.BAD_IMAGE, detail)
+            counts[3] += len(skipped)
+            if batch is None:
+                continue
             image, label = batch["image"].to(self.device), batch["label"].to(self.device)
             with self._autocast():
                 _, logits = self.model.features(image)
             top1, top5 = topk_correct(logits.float(), label)
-            counts += torch.tensor([top1, top5, label.shape[0]], dtype=torch.float64)
+            counts[:3] += torch.tensor([top1, top5, label.shape[0]], dtype=torch.float64)
         counts = D.all_reduce_sum(counts.to(self.device)).cpu()
         self.model.train(was_training)
         n = int(counts[2])
         return {f"{split}_top1": float(counts[0] / max(n, 1)), f"{split}_top5": float(counts[1] / max(n, 1)),
-                f"{split}_images": n}
+                f"{split}_images": n, f"{split}_skipped": int(counts[3])}
 
     def epoch_metrics(self, epoch: int) -> dict:
         metrics = self.evaluate("val")
