@@ -223,3 +223,29 @@ def test_a_picture_or_folder_for_descriptions_and_a_bad_device_are_one_line(tmp_
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith(f"{embed.PROG}: error: {message}"), err
     assert not Path(out).exists()
+
+
+def test_broken_encoder_files_bad_keys_and_bad_outputs_are_one_line(tmp_path, capsys, descriptions):
+    out = str(tmp_path / "e.safetensors")
+    st = st_folder(tmp_path / "st")
+    weights = (st / "model.safetensors").read_bytes()
+    (st / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    assert "model.safetensors: truncated" in one_line_error(capsys, "--descriptions", str(descriptions),
+                                                           "--encoder", str(st), "--out", out)
+    st2 = st_folder(tmp_path / "st2")
+    (st2 / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 100000}))
+    assert "max_seq_length 100000 is not in 2..64" in one_line_error(capsys, "--descriptions", str(descriptions),
+                                                                     "--encoder", str(st2), "--out", out)
+    (st2 / "modules.json").write_text(json.dumps({"a": 1}))
+    assert "modules.json must be a list of modules" in one_line_error(capsys, "--descriptions", str(descriptions),
+                                                                      "--encoder", str(st2), "--out", out)
+    for key in (5, None, "", ["a"]):
+        rows = write_rows(tmp_path / "keys.jsonl", [{"key": "a", "caption": "x"}, {"key": key, "caption": "y"}])
+        assert f"keys.jsonl:2: \"key\" must be the image's path as text, got {key!r}" in one_line_error(
+            capsys, "--descriptions", str(rows), "--out", out)
+    assert "is the --descriptions file" in one_line_error(capsys, "--descriptions", str(descriptions),
+                                                          "--out", str(descriptions))
+    assert descriptions.read_text().startswith('{"key"')  # kept, not replaced by the embeddings
+    assert "is a file, not a folder" in one_line_error(capsys, "--descriptions", str(descriptions),
+                                                       "--out", str(descriptions / "e.safetensors"))
+    assert not Path(out).exists()

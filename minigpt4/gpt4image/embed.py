@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from minigpt4.errors import UserError, path_arg, read_text_file, run_cli
+from minigpt4.errors import UserError, out_folder, path_arg, read_text_file, run_cli
 
 log = logging.getLogger("minigpt4.gpt4image.embed")
 PROG = "python -m minigpt4.gpt4image.embed"
@@ -65,10 +65,14 @@ def read_descriptions(path: Path):
         if not isinstance(row, dict) or "key" not in row:
             raise DescriptionsError(f"{where}: not a description row (no \"key\")")
         key = row["key"]
+        if not isinstance(key, str) or not key:
+            raise DescriptionsError(f"{where}: \"key\" must be the image's path as text, got {key!r}")
+        if row.get("label") is not None and not isinstance(row["label"], (str, int)):
+            raise DescriptionsError(f"{where}: \"label\" must be a class name or number, got {row['label']!r}")
         if key in first:
             raise DescriptionsError(f"{where}: key {key!r} appears twice (first at line {first[key]})")
         first[key] = number
-        if "error" in row:
+        if row.get("error") is not None:
             skipped["error"] += 1
             continue
         if not isinstance(row.get("caption"), str):
@@ -113,6 +117,9 @@ def run(args) -> dict:
     keys, labels, texts, skipped = read_descriptions(args.descriptions)
     if args.out.exists() and args.out.is_dir():
         raise DescriptionsError(f"--out {args.out}: is a folder; give a .safetensors file name")
+    if args.out.resolve() == Path(args.descriptions).resolve():
+        raise DescriptionsError(f"--out {args.out}: is the --descriptions file; give another file name")
+    out_folder(args.out.parent, f"--out {args.out}: its folder")  # before the encoder loads and works
     device = resolve_device(args.device, OmegaConf.create())  # as the caption CLI: a bad name, CUDA without a GPU
     encoder = TextEncoder(args.encoder, args.kind, str(device), args.max_length)
     start = time.perf_counter()

@@ -77,6 +77,8 @@ def pooling_mode(folder: Path) -> str:
     pool_dir = folder / "1_Pooling"
     if (folder / "modules.json").is_file():
         modules = _json(folder / "modules.json")
+        if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+            raise EncoderError(f"--encoder {folder}: modules.json must be a list of modules, got {modules!r:.80}")
         for module in modules:
             kind = str(module.get("type", "")).rsplit(".", 1)[-1]
             if kind not in ST_MODULES:
@@ -111,19 +113,27 @@ def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                   "sentencepiece.bpe.model")
+def st_length(folder: Path, config: dict, max_length: int | None) -> None:
+    """A sentence-transformers folder's own max_seq_length must fit the model (unless --max-length is given)."""
+    st = folder / "sentence_bert_config.json"
+    length = _json(st).get("max_seq_length") if st.is_file() else None
+    limit = config.get("max_position_embeddings") or 1 << 30
+    if max_length is None and length is not None and not (isinstance(length, int) and 2 <= length <= limit):
+        raise EncoderError(f"--encoder {folder}: sentence_bert_config.json max_seq_length {length!r} is not in "
+                           f"2..{limit} (the model's positions); fix it or pass --max-length")
 
 
-def has_tokenizer(folder: Path) -> None:
-    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        raise EncoderError(f"--encoder {folder}: no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+def check_files(folder: Path) -> None:
+    """config.json's model_type, every weight file's header and the tokenizer files, as the LLM folders are
+    checked (:mod:`minigpt4.models.hf_folder`): a truncated or foreign file is one line, before loading."""
+    from minigpt4.models import hf_folder
+    from minigpt4.models.weight_files import label
 
-
-def has_weights(folder: Path) -> None:
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")) \
-            and not any(folder.glob("*.safetensors.index.json")):
-        raise EncoderError(f"--encoder {folder}: no weights (model.safetensors or pytorch_model.bin)")
+    name = label(folder, "--encoder")
+    hf_folder.read_config(folder, name)
+    for file in hf_folder.weight_files(folder, name):
+        hf_folder.check_weight_file(file, "--encoder")
+    hf_folder.check_tokenizer(folder, name)
 
 
 def checked(loaded, folder: Path):
@@ -172,8 +182,7 @@ class TextEncoder:
         if detected == "sentence-transformers" and config.get("model_type") in CLIP_TYPES:
             raise EncoderError(f"--kind sentence-transformers: {self.folder} is a CLIP model; use --kind clip")
         self.kind = detected
-        has_weights(self.folder)
-        has_tokenizer(self.folder)
+        check_files(self.folder)
         self.device = torch.device(device) if device else default_device()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
@@ -187,6 +196,7 @@ class TextEncoder:
             from transformers import AutoModel
 
             self.mode = pooling_mode(self.folder)  # an unsupported folder fails before the weights load
+            st_length(self.folder, config, max_length)
             self.model = checked(AutoModel.from_pretrained(self.folder, output_loading_info=True), self.folder)
             st = self.folder / "sentence_bert_config.json"
             default_length = _json(st).get("max_seq_length") if st.is_file() else None
