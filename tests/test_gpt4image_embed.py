@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from minigpt4.gpt4image import embed
 from minigpt4.gpt4image.embeddings import EmbeddingsError, load_embeddings, save_embeddings
@@ -149,14 +150,27 @@ def test_reader_errors(tmp_path):
         load_embeddings(good, expected_dim=384)
     with pytest.raises(EmbeddingsError, match="no such embedding file"):
         load_embeddings(tmp_path / "none.safetensors")
-    from safetensors.torch import save_file
-
     save_file({"weight": torch.zeros(2)}, str(tmp_path / "w.safetensors"))
     with pytest.raises(EmbeddingsError, match="not an embedding file"):
         load_embeddings(tmp_path / "w.safetensors")
     (tmp_path / "t.safetensors").write_text("hello")
     with pytest.raises(EmbeddingsError, match="not a safetensors file"):
         load_embeddings(tmp_path / "t.safetensors")
+    with pytest.raises(EmbeddingsError, match="is a folder, not an embedding file"):
+        load_embeddings(tmp_path)
+    unit = F.normalize(torch.randn(2, 8), dim=-1)
+    for name, keys, rows, says in (("nan", ["a", "b"], unit.masked_fill(torch.eye(2, 8, dtype=bool), float("nan")),
+                                    "finite floats, got torch.float32 with NaN"),
+                                   ("int", ["a", "b"], torch.ones(2, 8, dtype=torch.int64),
+                                    "finite floats, got torch.int64"),
+                                   ("zero", ["a", "b"], torch.cat([unit[:1], torch.zeros(1, 8)]),
+                                    r"1 embedding\(s\) are all zeros"),
+                                   ("dup", ["a", "a"], unit, "keys must be distinct")):
+        meta = {"format": "minigpt4.gpt4image.embeddings", "keys": json.dumps(keys), "labels": "[null, null]",
+                "encoder": "enc", "kind": "clip", "dim": "8"}
+        save_file({"embeddings": rows}, str(tmp_path / f"{name}.safetensors"), metadata=meta)
+        with pytest.raises(EmbeddingsError, match=says):
+            load_embeddings(tmp_path / f"{name}.safetensors")
 
 
 def one_line_error(capsys, *argv) -> str:

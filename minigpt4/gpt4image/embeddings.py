@@ -48,6 +48,9 @@ def load_embeddings(path, expected_dim: int | None = None):
     from safetensors import SafetensorError, safe_open
 
     path = Path(path)
+    if path.is_dir():
+        raise EmbeddingsError(f"{path}: is a folder, not an embedding file (a .safetensors file of "
+                              "python -m minigpt4.gpt4image.embed)")
     if not path.is_file():
         raise EmbeddingsError(f"{path}: no such embedding file (make it with python -m minigpt4.gpt4image.embed)")
     try:
@@ -67,6 +70,15 @@ def load_embeddings(path, expected_dim: int | None = None):
     if embeddings.ndim != 2 or embeddings.shape != (len(keys), dim) or len(labels) != len(keys):
         raise EmbeddingsError(f"{path}: {len(keys)} keys / {len(labels)} labels / dim {dim} do not match the "
                               f"tensor {tuple(embeddings.shape)}")
+    if not embeddings.is_floating_point() or not bool(embeddings.isfinite().all()):
+        raise EmbeddingsError(f"{path}: the embeddings must be finite floats, got {embeddings.dtype}"
+                              + ("" if not embeddings.is_floating_point() else " with NaN or infinite values"))
+    if embeddings.shape[0] and not bool((embeddings.norm(dim=1) > 1e-6).all()):
+        raise EmbeddingsError(f"{path}: {int((embeddings.norm(dim=1) <= 1e-6).sum())} embedding(s) are all zeros "
+                              "(an embedding file of this library holds L2-normalised rows)")
+    if not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+        raise EmbeddingsError(f"{path}: the keys must be distinct image paths (text); "
+                              f"{len(keys) - len(set(map(str, keys)))} repeat(s) or non-text key(s)")
     if expected_dim is not None and dim != int(expected_dim):
         raise EmbeddingsError(f"{path}: embeddings are {dim}-d ({meta.get('encoder')}, {meta.get('kind')}), "
                               f"expected {expected_dim}-d")
