@@ -71,3 +71,16 @@ def test_an_out_that_is_a_file_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and err == [f"python -m minigpt4.gpt4image.tiny: error: --out {out}: {why}"]
     assert notes.read_text() == "mine" and not (tmp_path / "nowhere").exists()
+
+
+def test_flags_are_checked_one_by_one_and_variants_run_once(monkeypatch, capsys):
+    for argv, says in ((["--seeds", "0"], "--seeds must be at least 1, got 0"),
+                       (["--jobs", "-1"], "--jobs must be at least 1, got -1"),
+                       (["--variants", "baseline,foo"], "--variants 'baseline,foo': unknown 'foo'")):
+        with pytest.raises(SystemExit) as info:
+            tiny.main(argv)
+        assert info.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].endswith(says)
+    seen = []
+    monkeypatch.setattr(tiny, "summarize", lambda args, world, variants: seen.append(variants) or 0)
+    assert tiny.main(["--variants", "aligned,aligned, baseline"]) == 0
+    assert seen == [("aligned", "baseline")]  # one run folder per variant and seed

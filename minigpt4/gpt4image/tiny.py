@@ -251,9 +251,14 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    variants = tuple(v for v in args.variants.split(",") if v)
-    if not variants or set(variants) - set(VARIANTS) or args.seeds < 1 or args.jobs < 1:
-        p.error(f"--variants must name some of {list(VARIANTS)}; --seeds and --jobs must be >= 1")
+    variants = tuple(dict.fromkeys(v.strip() for v in args.variants.split(",") if v.strip()))  # each once
+    unknown = [v for v in variants if v not in VARIANTS]
+    if not variants or unknown:
+        p.error(f"--variants {args.variants!r}: " + (f"unknown {unknown[0]!r}; " if unknown else "")
+                + f"name some of {', '.join(VARIANTS)}")
+    for flag, value in (("--seeds", args.seeds), ("--jobs", args.jobs)):
+        if value < 1:
+            p.error(f"{flag} must be at least 1, got {value}")
     return run_cli(p.prog, summarize, args, args.tiny_world.resolve(), variants)
 
 
