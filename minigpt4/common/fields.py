@@ -116,6 +116,8 @@ def check_value(name: str, value, types: tuple, meta) -> None:
     numeric = int in types or float in types
     if object not in types:
         if isinstance(value, str) and numeric and str not in types and _is_number_text(value):
+            if not math.isfinite(float(value)):  # nan / inf: what YAML reads as a word, not a quoted number
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
             raise ConfigError(f"{name} must be {_type_names(types)}, got the quoted string {value!r}: "
                               "write the number without quotes (quoted numbers are refused)")
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
