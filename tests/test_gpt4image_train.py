@@ -346,3 +346,12 @@ def test_list_file_instead_of_scanning_and_keys_relative_to_root(tmp_path):
     ds = DescribedFolderBuilder(cfg).build_datasets()["train"]
     assert ds.keys == listed and ds.classes == ["circle", "triangle"]
     assert torch.equal(ds.load(0)["text_embedding"], key_vector(listed[0], 16))
+
+
+def test_a_vit_that_takes_another_image_size_than_the_processor_gives_is_one_line(tmp_path, capsys):
+    keys = make_folder(tmp_path / "train", per_class=2)
+    write_embeddings(tmp_path / "e.safetensors", keys)
+    cfg = train_config(tmp_path, tmp_path / "train", tmp_path / "e.safetensors", backbone="vit_tiny_patch16_224",
+                       image_size=32, extra_model={"backbone_kwargs": {"img_size": 64, "depth": 1}})
+    code, line = _cli(capsys, cfg)
+    assert code == 2 and "vis_processor.train.image_size is 32 but the backbone takes 64x64 images" in line, line

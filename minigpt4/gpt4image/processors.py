@@ -15,13 +15,14 @@ from minigpt4.processors.blip_processors import _ImageProcessor
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_SIDE = 8192  # a larger training side is a typo (a batch of 100,000-pixel squares does not fit in memory)
 
 
 @registry.register_processor("classifier_image_train")
 class ClassifierImageTrainProcessor(_ImageProcessor):
     @dataclass
     class Config:
-        image_size: int = key(224, "output side in pixels", ge=1)
+        image_size: int = key(224, "output side in pixels", ge=1, le=MAX_SIDE)
         min_scale: float = key(0.08, "smallest crop area fraction", gt=0, le=1)
         max_scale: float = key(1.0, "largest crop area fraction", gt=0, le=1)
         hflip: float = key(0.5, "horizontal flip probability", ge=0, le=1)
@@ -42,6 +43,7 @@ class ClassifierImageTrainProcessor(_ImageProcessor):
         if hflip:
             steps.append(transforms.RandomHorizontalFlip(float(hflip)))
         super().__init__(transforms.Compose(steps), mean=mean, std=std)
+        self.image_size = int(image_size)
 
     @classmethod
     def from_config(cls, cfg=None):
@@ -54,7 +56,7 @@ class ClassifierImageTrainProcessor(_ImageProcessor):
 class ClassifierImageEvalProcessor(_ImageProcessor):
     @dataclass
     class Config:
-        image_size: int = key(224, "output side in pixels", ge=1)
+        image_size: int = key(224, "output side in pixels", ge=1, le=MAX_SIDE)
         crop_pct: float = key(0.875, "center crop fraction after resizing to image_size / crop_pct", gt=0, le=1)
         mean: list = key(list(IMAGENET_MEAN), "per-channel mean", check=rgb_triple)
         std: list = key(list(IMAGENET_STD), "per-channel std", check=rgb_triple)
@@ -64,6 +66,7 @@ class ClassifierImageEvalProcessor(_ImageProcessor):
         t = transforms.Compose([transforms.Resize(resize, interpolation=InterpolationMode.BILINEAR),
                                 transforms.CenterCrop(image_size)])
         super().__init__(t, mean=mean, std=std)
+        self.image_size = int(image_size)
 
     @classmethod
     def from_config(cls, cfg=None):

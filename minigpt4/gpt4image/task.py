@@ -21,6 +21,22 @@ class ImageClassificationTask(BaseTask):
         train = splits["train"]
         if device is None:
             device = cfg.run_cfg.get("device") if cfg.run_cfg is not None else None
-        return registry.get_model_class(cfg.model_cfg.arch, key="model.arch").from_config(
+        model = registry.get_model_class(cfg.model_cfg.arch, key="model.arch").from_config(
             cfg.model_cfg, device=device, num_classes=len(train.classes), text_dim=train.text_dim,
             class_names=train.classes)
+        check_input_size(model, splits, next(iter(self.datasets)))
+        return model
+
+
+def check_input_size(model, splits: dict, name: str) -> None:
+    """A backbone built for one input size (a ViT's patch grid) must get that size from every split's processor."""
+    embed = getattr(getattr(model, "backbone", None), "patch_embed", None)
+    if embed is None or not getattr(embed, "strict_img_size", False) or getattr(embed, "dynamic_img_size", False):
+        return
+    want = tuple(embed.img_size)
+    for split, data in splits.items():
+        side = getattr(getattr(data, "transform", None), "image_size", None)
+        if side is not None and (side, side) != want:
+            raise ConfigError(f"datasets.{name}.vis_processor.{'train' if split == 'train' else 'eval'}.image_size "
+                              f"is {side} but the backbone takes {want[0]}x{want[1]} images: set model.img_size "
+                              f"to {side}, or the processor's image_size to {want[0]}")
