@@ -156,7 +156,7 @@ class RunConfig:
     weight_decay: float = key(0.05, "AdamW/SGD weight decay (not on biases and norms)", ge=0)
     beta2: float = key(0.999, "AdamW beta2", gt=0, le=1)
     optimizer: str = key("adamw", "adamw or sgd", choices=("adamw", "sgd"))
-    momentum: float = key(0.9, "SGD momentum", ge=0)
+    momentum: float = key(0.9, "SGD momentum", ge=0, lt=1)
     max_epoch: Optional[int] = key(None, "number of epochs (required for training)", ge=1)
     iters_per_epoch: Optional[int] = key(None, "steps per epoch (required for training)", ge=1)
     batch_size_train: Optional[int] = key(None, "batch size per process (required for training)", ge=1)
@@ -197,6 +197,13 @@ class RunConfig:
     rank: Optional[int] = key(None, "the original's rank", compat="the rank comes from torchrun")
     gpu: Optional[int] = key(None, "the original's GPU index", compat="each process takes LOCAL_RANK's GPU")
     job_name: Optional[str] = key(None, "the original's job name", compat="the folder name is job_id")
+
+    @staticmethod
+    def check_together(c: dict) -> str | None:
+        if c.get("init_lr") is not None and c.get("min_lr") is not None and c["min_lr"] > c["init_lr"]:
+            return (f"min_lr {c['min_lr']} must be <= init_lr {c['init_lr']} (the schedule decays from init_lr "
+                    "to min_lr)")
+        return None
 
 
 def processor_entries(section: str, value) -> None:
