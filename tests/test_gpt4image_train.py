@@ -332,6 +332,16 @@ def test_export_cli(tmp_path, capsys):
         assert export.main(["--checkpoint", str(ckpt), "--out", str(out)]) == 2
         assert says in capsys.readouterr().err.strip().splitlines()[-1]
     assert ckpt.read_bytes() == before and not (tmp_path / "checkpoint_9.safetensors").exists()
+    sidecar = ckpt.with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    for change, says in (({"num_classes": 7}, "(resnet10t, 7 classes) does not describe its weights (size mismatch"),
+                         ({"backbone": "resnet18"}, "(resnet18, 3 classes) does not describe its weights"),
+                         ({"backbone": "nope_model"}, "names backbone 'nope_model', which timm does not have"),
+                         ({"backbone_kwargs": [1]}, "needs backbone (a timm name), num_classes (>= 1) and")):
+        sidecar.write_text(json.dumps({**meta, **change}))
+        assert export.main(["--checkpoint", str(ckpt), "--out", str(tmp_path / "n.safetensors")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0] and len(err[0]) < 500, err
 
 
 def test_list_file_instead_of_scanning_and_keys_relative_to_root(tmp_path):

@@ -113,10 +113,24 @@ def export_classifier(checkpoint, out) -> Path:
     if meta.get("arch") != "gpt4image_classifier":
         raise CheckpointError(f"--checkpoint {checkpoint}: not a gpt4image_classifier checkpoint (its JSON sidecar "
                               "must say arch: gpt4image_classifier)")
+    name, classes, kwargs = meta.get("backbone"), meta.get("num_classes"), meta.get("backbone_kwargs") or {}
+    sidecar = f"--checkpoint {checkpoint}: its JSON sidecar"
+    if not isinstance(name, str) or not isinstance(classes, int) or classes < 1 or not isinstance(kwargs, dict):
+        raise CheckpointError(f"{sidecar} needs backbone (a timm name), num_classes (>= 1) and backbone_kwargs (a "
+                              f"mapping); it has {name!r}, {classes!r}, {kwargs!r}")
     backbone = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    fresh = timm.create_model(meta["backbone"], pretrained=False, num_classes=meta["num_classes"],
-                              **meta.get("backbone_kwargs", {}))
-    fresh.load_state_dict(backbone, strict=True)
+    try:
+        fresh = timm.create_model(name, pretrained=False, num_classes=classes, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" not in str(e):
+            raise
+        raise CheckpointError(f"{sidecar} names backbone {name!r}, which timm does not have") from None
+    try:
+        fresh.load_state_dict(backbone, strict=True)
+    except RuntimeError as e:
+        first = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        raise CheckpointError(f"{sidecar} ({name}, {classes} classes) does not describe its weights "
+                              f"({(first[1] if len(first) > 1 else first[0])[:200]})") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"backbone": meta["backbone"], "num_classes": str(meta["num_classes"]),
             "class_names": json.dumps(meta.get("class_names", [])),
