@@ -365,3 +365,10 @@ def test_a_vit_that_takes_another_image_size_than_the_processor_gives_is_one_lin
                        image_size=32, extra_model={"backbone_kwargs": {"img_size": 64, "depth": 1}})
     code, line = _cli(capsys, cfg)
     assert code == 2 and "vis_processor.train.image_size is 32 but the backbone takes 64x64 images" in line, line
+
+
+def test_shuffled_control_without_descriptions_is_one_line(tmp_path, capsys, no_model):
+    make_folder(tmp_path / "train", per_class=1)
+    cfg = train_config(tmp_path, tmp_path / "train", None, lam=0.0, extra_data={"shuffle_descriptions": True})
+    code, line = _cli(capsys, cfg)
+    assert code == 2 and "shuffle_descriptions needs descriptions to shuffle" in line, line

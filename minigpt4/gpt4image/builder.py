@@ -87,6 +87,9 @@ class DescribedFolderBuilder(BaseDatasetBuilder):
         if root is None:
             raise ConfigError(f"{self._key('build_info.train')} is not set (a folder ROOT/<class>/<image>)")
         classes = sorted({c for _, c in rows})
+        if self.config.shuffle_descriptions and not self._info("embeddings"):
+            raise ConfigError(f"{self._key('shuffle_descriptions')} needs descriptions to shuffle: set "
+                              f"{self._key('build_info.embeddings')}")
         embeddings, meta = None, {}
         if self._info("embeddings"):
             keys, emb, meta = read_embeddings(resolve_path(self._info("embeddings")),
