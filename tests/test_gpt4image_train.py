@@ -372,3 +372,12 @@ def test_shuffled_control_without_descriptions_is_one_line(tmp_path, capsys, no_
     cfg = train_config(tmp_path, tmp_path / "train", None, lam=0.0, extra_data={"shuffle_descriptions": True})
     code, line = _cli(capsys, cfg)
     assert code == 2 and "shuffle_descriptions needs descriptions to shuffle" in line, line
+
+
+def test_folder_and_list_problems_name_the_config_key_not_the_caption_flags(tmp_path, capsys, no_model):
+    (tmp_path / "flat").mkdir()
+    draw = make_folder(tmp_path / "src", per_class=1)
+    (tmp_path / "flat" / "a.png").write_bytes((tmp_path / "src" / draw[0]).read_bytes())
+    code, line = _cli(capsys, train_config(tmp_path, tmp_path / "flat", None, lam=0.0))
+    assert code == 2 and f"build_info.train: {tmp_path / 'flat'}: no image in a class folder" in line, line
+    assert "--images" not in line

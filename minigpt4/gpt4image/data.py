@@ -39,7 +39,7 @@ def scan_folder(root: Path, what: str) -> list[tuple[str, str]]:
     try:
         items, _ = class_folder_items(Path(root))
     except ValueError as e:
-        raise ConfigError(f"{what}: {e}") from None
+        raise ConfigError(f"{what}: {without_flags(e)}") from None
     return [(item.key, item.label) for item in items]
 
 
@@ -51,7 +51,12 @@ def read_list(path: Path, root: Path, what: str) -> list[tuple[str, str]]:
     try:
         return [(item.key, item.label) for item in list_items(Path(path), Path(root))]
     except (ValueError, FileNotFoundError) as e:
-        raise type(e)(f"{what}: {e}") from None
+        raise type(e)(f"{what}: {without_flags(e)}") from None
+
+
+def without_flags(exc: Exception) -> str:
+    """The describe step's message with its command-line flags left out: here the config key names the input."""
+    return str(exc).replace("--images ", "").replace("--list ", "")
 
 
 def read_embeddings(path: Path, what: str) -> tuple[list[str], torch.Tensor, dict]:
