@@ -86,7 +86,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, samples):
     bad = dict(samples[0], image=torch.full_like(samples[0]["image"], float("nan")))
     rows = samples * 2 + [bad, samples[1]]  # the 3rd batch (epoch 1, step 0) holds the NaN image
     cfg = _cfg(tmp_path, iters_per_epoch=2)
-    with pytest.raises(TrainingDiverged, match="global step 3"):
+    with pytest.raises(TrainingDiverged, match="global step 3; stopped without saving; the last good checkpoint in"):
         _train(cfg, rows)
     out = tmp_path / "out" / "job"
     assert (out / "checkpoint_0.safetensors").is_file() and not (out / "checkpoint_1.safetensors").exists()

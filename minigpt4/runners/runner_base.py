@@ -332,8 +332,10 @@ class RunnerBase:
             stats = D.all_reduce_sum(stats.to(self.device))
             total_tokens, global_loss = stats[0], (stats[1] / stats[0]).item()
             if not math.isfinite(global_loss):
+                kept = (f"the last good checkpoint in {self.output_dir} is kept"
+                        if (self.output_dir / C.RESUME_FILE).is_file() else "no checkpoint had been saved yet")
                 raise TrainingDiverged(f"loss is {global_loss} at global step {global_step + 1}; stopped without "
-                                       f"saving, the last good checkpoint in {self.output_dir} is kept")
+                                       f"saving; {kept} (check the learning rate and the inputs)")
             weight = ntok.float() * self.dist.world_size / total_tokens
             scaled = loss * weight / self.accum
             if self.scaler is not None:
