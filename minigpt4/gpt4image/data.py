@@ -86,7 +86,8 @@ class DescribedImageFolder(torch.utils.data.Dataset):
         index = {c: i for i, c in enumerate(self.classes)}
         unknown = sorted({c for _, c in rows if c not in index})
         if unknown:
-            raise ConfigError(f"{what}: classes {unknown[:5]} are not among the training classes {self.classes[:10]}")
+            raise ConfigError(f"{what}: classes {unknown[:5]} of {self.root} are not among the training classes "
+                              f"{self.classes[:10]}")
         self.build_skips: dict[str, int] = {}
         self.text_dim = None
         targets = None
