@@ -84,3 +84,11 @@ def test_flags_are_checked_one_by_one_and_variants_run_once(monkeypatch, capsys)
     monkeypatch.setattr(tiny, "summarize", lambda args, world, variants: seen.append(variants) or 0)
     assert tiny.main(["--variants", "aligned,aligned, baseline"]) == 0
     assert seen == [("aligned", "baseline")]  # one run folder per variant and seed
+
+
+def test_a_tiny_world_that_is_a_file_is_one_line(tmp_path, capsys):
+    a_file = tmp_path / "world.txt"
+    a_file.write_text("x")
+    assert tiny.main(["--tiny-world", str(a_file), "--out", str(tmp_path / "out")]) == 2
+    assert f"--tiny-world {a_file}: is a file, not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "x" and not (tmp_path / "out").exists()

@@ -284,6 +284,8 @@ def test_backbone_names_that_would_download_or_read_elsewhere_are_refused(name, 
         GPT4ImageClassifier(name, 3, lam=0.0)
     with pytest.raises(ConfigError, match="model.backbone_kwargs.num_classes: set by the library"):
         GPT4ImageClassifier("resnet10t", 3, lam=0.0, backbone_kwargs={"num_classes": 10})
+    with pytest.raises(ConfigError, match=r"model.backbone_kwargs.in_chans: the image processors give RGB"):
+        GPT4ImageClassifier("resnet10t", 3, lam=0.0, backbone_kwargs={"in_chans": 1})
 
 
 @pytest.mark.parametrize("case", ["odd_mixup", "bn_batch_1"])

@@ -58,6 +58,9 @@ class GPT4ImageClassifier(nn.Module):
                               f"vit_base_patch16_224, got {backbone_name!r}; weights come from model.backbone_ckpt "
                               "(timm's hub and folder prefixes are not taken: nothing is downloaded)")
         self.backbone_name, self.backbone_kwargs = backbone_name, dict(backbone_kwargs or {})
+        if self.backbone_kwargs.get("in_chans", 3) != 3:
+            raise ConfigError(f"model.backbone_kwargs.in_chans: the image processors give RGB (3 channels), got "
+                              f"{self.backbone_kwargs['in_chans']!r}")
         reserved = sorted({"num_classes", "pretrained"} & set(self.backbone_kwargs))
         if reserved:
             raise ConfigError(f"model.backbone_kwargs.{reserved[0]}: set by the library (num_classes from the "

@@ -264,6 +264,7 @@ def main(argv=None) -> int:
 
 def summarize(args, world: Path, variants: tuple) -> int:
     out_folder(args.out, "--out")  # before the world is built (minutes)
+    out_folder(world, "--tiny-world")  # a file is not a world, and no world can be built into it
     if args.build_world and not (world / "runs" / "stage2").is_dir():
         from minigpt4.tiny_world.pipeline import run as build_world
         from minigpt4.tiny_world.presets import PRESETS
